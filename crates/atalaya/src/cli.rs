@@ -1,0 +1,113 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// atalaya — an AI gateway: one OpenAI-compatible API in front of many providers, with keys,
+/// request logs and metrics.
+#[derive(Parser)]
+#[command(name = "atalaya", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the gateway (embedded SQLite and the built-in `sim` provider by default).
+    Serve(ServeArgs),
+    /// Run the provider simulator, an OpenAI-compatible upstream for tests and benchmarks.
+    MockProvider(MockArgs),
+    /// Create, list and revoke virtual API keys on a running server.
+    Keys(KeysArgs),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Environment:\n  ATALAYA_SECTION__KEY    overrides any config key, e.g. ATALAYA_SERVER__LISTEN=0.0.0.0:4000\n  ATALAYA_DATABASE_URL    storage (default sqlite://<data-dir>/atalaya.db)\n  ATALAYA_ADMIN_KEY       admin key (default: generated into <data-dir>/admin.key)\n  ATALAYA_HASH_KEY        secret for hashing API keys (default: generated into <data-dir>/hash.key)\n  OPENAI_API_KEY          turns on the `openai` provider (OPENAI_BASE_URL changes its URL)"
+)]
+pub struct ServeArgs {
+    /// Config file [default: ./atalaya.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:4000].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Directory for the database and generated secrets [default: ./atalaya-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
+    pub listen: String,
+    /// Delay before each response's headers, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Streaming pace in tokens (chunks) per second; 0 sends all chunks at once.
+    #[arg(long, value_name = "N", default_value_t = 0.0)]
+    pub tokens_per_second: f64,
+    /// Require this bearer key (any non-empty key is accepted otherwise).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "MOCK_PROVIDER_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+}
+
+#[derive(Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub action: KeysAction,
+    /// URL of the running server.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "ATALAYA_URL",
+        default_value = "http://127.0.0.1:4000"
+    )]
+    pub server: String,
+    /// Admin key [default: $ATALAYA_ADMIN_KEY, else <data-dir>/admin.key].
+    #[arg(
+        long,
+        global = true,
+        value_name = "KEY",
+        env = "ATALAYA_ADMIN_KEY",
+        hide_env_values = true
+    )]
+    pub admin_key: Option<String>,
+    /// Data directory to read admin.key from.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "./atalaya-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum KeysAction {
+    /// Create a key; its secret is printed once and never stored.
+    Create {
+        /// A label for the key.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys (ids, labels, prefixes, state).
+    List,
+    /// Revoke a key by id; it stops working at once.
+    Revoke {
+        /// The key id (key_...).
+        id: String,
+    },
+}

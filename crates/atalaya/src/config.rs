@@ -1,0 +1,753 @@
+//! Configuration: defaults < `atalaya.toml` < `ATALAYA_SECTION__KEY` env < flags.
+//!
+//! Phase one reads raw serde structs (unknown keys are errors); phase two validates them into
+//! typed settings. Every error names the key and where its value came from.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use atalaya_gateway::{GatewayConfig, ModelAlias, ProviderKind, ProviderSettings, SimSettings};
+use atalaya_store::LogWriterConfig;
+use atalaya_telemetry::LogFormat;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "atalaya.toml";
+const ENV_PREFIX: &str = "ATALAYA_";
+
+/// A configuration problem: which key, where it came from, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}{origin}: {message}")]
+pub struct ConfigError {
+    key: String,
+    origin: String,
+    message: String,
+}
+
+fn error(key: impl Into<String>, origin: &Origins, message: impl Into<String>) -> ConfigError {
+    let key = key.into();
+    ConfigError {
+        origin: origin.describe(&key),
+        key,
+        message: message.into(),
+    }
+}
+
+/// Where values came from, to name the file or variable in errors.
+struct Origins {
+    file: Option<PathBuf>,
+    env: HashMap<String, String>,
+}
+
+impl Origins {
+    fn describe(&self, key: &str) -> String {
+        let mut path = key;
+        loop {
+            if let Some(var) = self.env.get(path) {
+                return format!(" (from environment variable {var})");
+            }
+            match path.rfind(['.', '[']) {
+                Some(at) => path = &path[..at],
+                None => break,
+            }
+        }
+        match &self.file {
+            Some(file) => format!(" (in {})", file.display()),
+            None => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    database: RawDatabase,
+    telemetry: RawTelemetry,
+    request_log: RawRequestLog,
+    sim: RawSim,
+    providers: Vec<RawProvider>,
+    models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    max_body_bytes: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTelemetry {
+    log_format: Option<String>,
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRequestLog {
+    batch_size: Option<u64>,
+    flush_interval_ms: Option<u64>,
+    buffer_rows: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSim {
+    enabled: Option<SimSwitch>,
+    latency_ms: Option<u64>,
+    tokens_per_second: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum SimSwitch {
+    Bool(bool),
+    Word(AutoWord),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AutoWord {
+    Auto,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    base_url: Option<String>,
+    api_key: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    models: Option<Vec<String>>,
+    connect_timeout_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    stream_idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    provider: String,
+    model: String,
+}
+
+/// Everything `atalaya serve` needs, validated.
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub request_log: LogWriterConfig,
+    pub gateway: GatewayConfig,
+}
+
+/// Overrides from the command line, applied last.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The process environment, passed in so tests can use their own.
+pub type Env = BTreeMap<String, String>;
+
+pub fn process_env() -> Env {
+    std::env::vars_os()
+        .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+        .collect()
+}
+
+pub fn load(flags: &Flags, env: &Env) -> Result<Settings, anyhow::Error> {
+    let (file, mut table) = read_file(flags.config.as_deref())?;
+    let mut origins = Origins {
+        file,
+        env: HashMap::new(),
+    };
+    interpolate_table(&mut table, "", env, &origins)?;
+    apply_env_overrides(&mut table, env, &mut origins)?;
+    let raw: RawConfig =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().to_string();
+            error(
+                if key == "." {
+                    "(top level)".to_owned()
+                } else {
+                    key
+                },
+                &origins,
+                clean_serde_message(&message),
+            )
+        })?;
+    Ok(validate(raw, flags, env, &origins)?)
+}
+
+fn clean_serde_message(message: &str) -> String {
+    // toml's deserializer appends its own position text, which means nothing for env values.
+    message
+        .split('\n')
+        .next()
+        .unwrap_or(message)
+        .trim()
+        .to_owned()
+}
+
+fn read_file(path: Option<&Path>) -> Result<(Option<PathBuf>, toml::Table), anyhow::Error> {
+    let (path, required) = match path {
+        Some(path) => (path.to_owned(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok((None, toml::Table::new()));
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "cannot read config file {}: {e}",
+                path.display()
+            ));
+        }
+    };
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid configuration: {} is not valid TOML: {}",
+            path.display(),
+            e.to_string().trim()
+        )
+    })?;
+    Ok((Some(path), table))
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string value; `$${` is a literal `${`.
+fn interpolate_table(
+    table: &mut toml::Table,
+    prefix: &str,
+    env: &Env,
+    origins: &Origins,
+) -> Result<(), ConfigError> {
+    for (key, value) in table.iter_mut() {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        interpolate_value(value, &path, env, origins)?;
+    }
+    Ok(())
+}
+
+fn interpolate_value(
+    value: &mut toml::Value,
+    path: &str,
+    env: &Env,
+    origins: &Origins,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(text) => {
+            *text = interpolate(text, env).map_err(|m| error(path, origins, m))?
+        }
+        toml::Value::Table(table) => interpolate_table(table, path, env, origins)?,
+        toml::Value::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                interpolate_value(item, &format!("{path}[{index}]"), env, origins)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+pub(crate) fn interpolate(text: &str, env: &Env) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
+            let inner = &after[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (inner, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!(
+                    "`${{{inner}}}` is not a valid variable reference; use ${{NAME}} or ${{NAME:-default}}"
+                ));
+            }
+            // Like the shell: `:-` also replaces a variable that is set but empty.
+            match (
+                env.get(name).filter(|v| !v.is_empty() || default.is_none()),
+                default,
+            ) {
+                (Some(value), _) => out.push_str(value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => return Err(format!("environment variable {name} is not set")),
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `ATALAYA_SERVER__LISTEN=...` sets `server.listen`; `ATALAYA_PROVIDERS__0__API_KEY` sets
+/// `providers[0].api_key`. Values are read as TOML when they parse (numbers, booleans,
+/// arrays), as plain strings otherwise.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: &Env,
+    origins: &mut Origins,
+) -> Result<(), ConfigError> {
+    for (name, raw_value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if segments.iter().any(String::is_empty) {
+            continue;
+        }
+        let value = parse_env_value(raw_value);
+        let key = display_path(&segments);
+        origins.env.insert(key.clone(), name.clone());
+        set_path(table, &segments, value).map_err(|message| error(&key, origins, message))?;
+    }
+    Ok(())
+}
+
+fn display_path(segments: &[String]) -> String {
+    let mut key = String::new();
+    for segment in segments {
+        if segment.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{segment}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(segment);
+        }
+    }
+    key
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut parsed) => parsed
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn set_path(
+    table: &mut toml::Table,
+    segments: &[String],
+    value: toml::Value,
+) -> Result<(), String> {
+    let (first, rest) = segments.split_first().ok_or("empty key")?;
+    if rest.is_empty() {
+        table.insert(first.clone(), value);
+        return Ok(());
+    }
+    let entry = table.entry(first.clone()).or_insert_with(|| {
+        if rest[0].parse::<usize>().is_ok() {
+            toml::Value::Array(Vec::new())
+        } else {
+            toml::Value::Table(toml::Table::new())
+        }
+    });
+    set_in_value(entry, rest, value)
+}
+
+fn set_in_value(
+    target: &mut toml::Value,
+    segments: &[String],
+    value: toml::Value,
+) -> Result<(), String> {
+    match target {
+        toml::Value::Table(table) => set_path(table, segments, value),
+        toml::Value::Array(items) => {
+            let index: usize = segments[0]
+                .parse()
+                .map_err(|_| format!("`{}` is not a list index", segments[0]))?;
+            if index > items.len() {
+                return Err(format!(
+                    "list index {index} skips entries; the list has {} entries",
+                    items.len()
+                ));
+            }
+            if index == items.len() {
+                items.push(toml::Value::Table(toml::Table::new()));
+            }
+            if segments.len() == 1 {
+                items[index] = value;
+                Ok(())
+            } else {
+                set_in_value(&mut items[index], &segments[1..], value)
+            }
+        }
+        _ => Err("cannot set a key inside a value that is not a table".to_owned()),
+    }
+}
+
+const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// Served under their own names when the `openai` preset is on.
+const OPENAI_MODELS: &[&str] = &[
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "o3-mini",
+    "o4-mini",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+];
+
+fn validate(
+    raw: RawConfig,
+    flags: &Flags,
+    env: &Env,
+    origins: &Origins,
+) -> Result<Settings, ConfigError> {
+    let listen_text = flags
+        .listen
+        .clone()
+        .or(raw.server.listen)
+        .unwrap_or_else(|| "127.0.0.1:4000".to_owned());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        error(
+            "server.listen",
+            origins,
+            format!("`{listen_text}` is not an address like 127.0.0.1:4000"),
+        )
+    })?;
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .or(raw.server.data_dir.map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("./atalaya-data"));
+    let database_url = env
+        .get("ATALAYA_DATABASE_URL")
+        .filter(|url| !url.is_empty())
+        .cloned()
+        .or(raw.database.url)
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("atalaya.db").display()));
+    if !database_url.starts_with("sqlite:") {
+        return Err(error(
+            "database.url",
+            origins,
+            format!(
+                "`{}` is not supported yet: use sqlite://PATH",
+                redact_url(&database_url)
+            ),
+        ));
+    }
+    let max_body_bytes = raw.server.max_body_bytes.unwrap_or(32 * 1024 * 1024);
+    if max_body_bytes == 0 {
+        return Err(error(
+            "server.max_body_bytes",
+            origins,
+            "must be greater than 0",
+        ));
+    }
+    let log_format = match raw.telemetry.log_format.as_deref().unwrap_or("pretty") {
+        "pretty" => LogFormat::Pretty,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(error(
+                "telemetry.log_format",
+                origins,
+                format!("`{other}` is not one of: pretty, json"),
+            ));
+        }
+    };
+    let log_level = env
+        .get("RUST_LOG")
+        .cloned()
+        .or(raw.telemetry.log_level)
+        .unwrap_or_else(|| "info".to_owned());
+    let defaults = LogWriterConfig::default();
+    let request_log = LogWriterConfig {
+        batch_size: positive(
+            raw.request_log.batch_size,
+            defaults.batch_size as u64,
+            "request_log.batch_size",
+            origins,
+        )? as usize,
+        flush_interval: Duration::from_millis(positive(
+            raw.request_log.flush_interval_ms,
+            defaults.flush_interval.as_millis() as u64,
+            "request_log.flush_interval_ms",
+            origins,
+        )?),
+        buffer_rows: positive(
+            raw.request_log.buffer_rows,
+            defaults.buffer_rows as u64,
+            "request_log.buffer_rows",
+            origins,
+        )? as usize,
+        drain_timeout: defaults.drain_timeout,
+    };
+
+    let mut providers = Vec::new();
+    for (index, provider) in raw.providers.into_iter().enumerate() {
+        providers.push(validate_provider(
+            provider,
+            &format!("providers[{index}]"),
+            origins,
+            "config file",
+        )?);
+    }
+    if let Some(key) = env.get("OPENAI_API_KEY").filter(|k| !k.is_empty()) {
+        if !providers.iter().any(|p| p.name == "openai") {
+            let preset = RawProvider {
+                name: "openai".to_owned(),
+                kind: "openai".to_owned(),
+                base_url: env
+                    .get("OPENAI_BASE_URL")
+                    .filter(|u| !u.is_empty())
+                    .cloned(),
+                api_key: Some(key.clone()),
+                ..RawProvider::default()
+            };
+            let source = if preset.base_url.is_some() {
+                "environment (OPENAI_API_KEY, OPENAI_BASE_URL)"
+            } else {
+                "environment (OPENAI_API_KEY)"
+            };
+            providers.push(validate_provider(
+                preset,
+                "OPENAI_API_KEY",
+                origins,
+                source,
+            )?);
+        }
+    }
+    let sim_on = match raw.sim.enabled {
+        None | Some(SimSwitch::Word(AutoWord::Auto)) => providers.is_empty(),
+        Some(SimSwitch::Bool(on)) => on,
+    };
+    let tokens_per_second = raw.sim.tokens_per_second.unwrap_or(200.0);
+    if !(tokens_per_second.is_finite() && tokens_per_second >= 0.0) {
+        return Err(error(
+            "sim.tokens_per_second",
+            origins,
+            "must be 0 (unpaced) or a positive number",
+        ));
+    }
+    let sim = sim_on.then(|| SimSettings {
+        latency: Duration::from_millis(raw.sim.latency_ms.unwrap_or(0)),
+        tokens_per_second,
+    });
+    let mut models = Vec::new();
+    for (index, model) in raw.models.into_iter().enumerate() {
+        let key = format!("models[{index}]");
+        let known = providers.iter().any(|p| p.name == model.provider)
+            || (sim.is_some() && model.provider == "sim");
+        if !known {
+            return Err(error(
+                format!("{key}.provider"),
+                origins,
+                format!(
+                    "no provider is named `{}`; define it under [[providers]] (or enable [sim] for `sim`)",
+                    model.provider
+                ),
+            ));
+        }
+        if model.name.is_empty() || model.model.is_empty() {
+            return Err(error(&key, origins, "`name` and `model` must not be empty"));
+        }
+        models.push(ModelAlias {
+            name: model.name,
+            provider: model.provider,
+            model: model.model,
+        });
+    }
+    Ok(Settings {
+        listen,
+        data_dir,
+        database_url,
+        shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms.unwrap_or(10_000)),
+        log_format,
+        log_level,
+        request_log,
+        gateway: GatewayConfig {
+            max_body_bytes: max_body_bytes as usize,
+            sim,
+            providers,
+            models,
+        },
+    })
+}
+
+fn positive(
+    value: Option<u64>,
+    default: u64,
+    key: &str,
+    origins: &Origins,
+) -> Result<u64, ConfigError> {
+    match value {
+        Some(0) => Err(error(key, origins, "must be greater than 0")),
+        Some(value) => Ok(value),
+        None => Ok(default),
+    }
+}
+
+fn validate_provider(
+    raw: RawProvider,
+    key: &str,
+    origins: &Origins,
+    source: &str,
+) -> Result<ProviderSettings, ConfigError> {
+    let name = raw.name.trim().to_owned();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(error(
+            format!("{key}.name"),
+            origins,
+            "use letters, digits, `-` or `_` (it prefixes model names)",
+        ));
+    }
+    if name == "sim" {
+        return Err(error(
+            format!("{key}.name"),
+            origins,
+            "`sim` is the built-in simulator; choose another name",
+        ));
+    }
+    let (kind, default_base_url, default_models): (ProviderKind, Option<&str>, &[&str]) = match raw
+        .kind
+        .as_str()
+    {
+        "openai" => (ProviderKind::OpenAi, Some(OPENAI_BASE_URL), OPENAI_MODELS),
+        "openai-compatible" => (ProviderKind::OpenAi, None, &[]),
+        other => {
+            return Err(error(
+                format!("{key}.type"),
+                origins,
+                format!(
+                    "`{other}` is not a known provider type; use `openai` or `openai-compatible`"
+                ),
+            ));
+        }
+    };
+    let base_url = raw
+        .base_url
+        .or(default_base_url.map(str::to_owned))
+        .ok_or_else(|| {
+            error(
+                format!("{key}.base_url"),
+                origins,
+                "required for `openai-compatible` providers (e.g. http://127.0.0.1:8000/v1)",
+            )
+        })?;
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(error(
+            format!("{key}.base_url"),
+            origins,
+            format!("`{base_url}` must start with http:// or https://"),
+        ));
+    }
+    let api_key = raw.api_key.filter(|k| !k.is_empty());
+    if api_key.is_none() && raw.kind == "openai" {
+        return Err(error(
+            format!("{key}.api_key"),
+            origins,
+            "required for `openai` (e.g. api_key = \"${OPENAI_API_KEY}\")",
+        ));
+    }
+    let mut headers = Vec::new();
+    for (header_name, header_value) in raw.headers {
+        let parsed_name = http::HeaderName::from_bytes(header_name.as_bytes()).map_err(|_| {
+            error(
+                format!("{key}.headers.{header_name}"),
+                origins,
+                "not a valid HTTP header name",
+            )
+        })?;
+        let mut parsed_value = http::HeaderValue::from_str(&header_value).map_err(|_| {
+            error(
+                format!("{key}.headers.{header_name}"),
+                origins,
+                "not a valid HTTP header value",
+            )
+        })?;
+        parsed_value.set_sensitive(true);
+        headers.push((parsed_name, parsed_value));
+    }
+    let millis = |value: Option<u64>, default: u64, field: &str| -> Result<Duration, ConfigError> {
+        Ok(Duration::from_millis(positive(
+            value,
+            default,
+            &format!("{key}.{field}"),
+            origins,
+        )?))
+    };
+    Ok(ProviderSettings {
+        name,
+        kind,
+        base_url,
+        api_key: api_key.map(SecretString::from),
+        headers,
+        models: raw
+            .models
+            .unwrap_or_else(|| default_models.iter().map(|m| (*m).to_owned()).collect()),
+        connect_timeout: millis(raw.connect_timeout_ms, 10_000, "connect_timeout_ms")?,
+        timeout: millis(raw.timeout_ms, 600_000, "timeout_ms")?,
+        stream_idle_timeout: millis(
+            raw.stream_idle_timeout_ms,
+            120_000,
+            "stream_idle_timeout_ms",
+        )?,
+        source: source.to_owned(),
+    })
+}
+
+/// A URL with any password removed, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn with_file(text: &str) -> (tempfile::TempDir, Flags) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("atalaya.toml");
+    std::fs::write(&path, text).unwrap();
+    (
+        dir,
+        Flags {
+            config: Some(path),
+            ..Flags::default()
+        },
+    )
+}
+
+fn load_err(text: &str, env_pairs: &[(&str, &str)]) -> String {
+    let (_dir, flags) = with_file(text);
+    match load(&flags, &env(env_pairs)) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn defaults_run_the_simulator_on_loopback() {
+    let (_dir, flags) = with_file("");
+    let settings = load(&flags, &Env::new()).unwrap();
+    assert_eq!(settings.listen.to_string(), "127.0.0.1:4000");
+    assert_eq!(settings.data_dir, PathBuf::from("./atalaya-data"));
+    assert_eq!(settings.database_url, "sqlite://./atalaya-data/atalaya.db");
+    assert!(settings.gateway.sim.is_some());
+    assert!(settings.gateway.providers.is_empty());
+}
+
+#[test]
+fn openai_env_turns_the_preset_on_and_the_simulator_off() {
+    let (_dir, flags) = with_file("");
+    let settings = load(
+        &flags,
+        &env(&[
+            ("OPENAI_API_KEY", "sk-test"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
+        ]),
+    )
+    .unwrap();
+    assert!(settings.gateway.sim.is_none());
+    let provider = &settings.gateway.providers[0];
+    assert_eq!(provider.name, "openai");
+    assert_eq!(provider.base_url, "http://127.0.0.1:9/v1");
+    assert!(provider.models.iter().any(|m| m == "gpt-4o-mini"));
+    assert!(provider.source.contains("OPENAI_BASE_URL"));
+}
+
+#[test]
+fn simulator_can_run_beside_real_providers() {
+    let (_dir, flags) = with_file("[sim]\nenabled = true\n");
+    let settings = load(&flags, &env(&[("OPENAI_API_KEY", "sk-test")])).unwrap();
+    assert!(settings.gateway.sim.is_some());
+    assert_eq!(settings.gateway.providers.len(), 1);
+}
+
+#[test]
+fn env_overrides_beat_the_file_and_flags_beat_env() {
+    let (_dir, mut flags) = with_file("[server]\nlisten = \"127.0.0.1:1\"\nmax_body_bytes = 10\n");
+    let vars = env(&[
+        ("ATALAYA_SERVER__LISTEN", "127.0.0.1:2"),
+        ("ATALAYA_SERVER__MAX_BODY_BYTES", "20"),
+    ]);
+    let settings = load(&flags, &vars).unwrap();
+    assert_eq!(settings.listen.port(), 2);
+    assert_eq!(settings.gateway.max_body_bytes, 20);
+    flags.listen = Some("127.0.0.1:3".to_owned());
+    assert_eq!(load(&flags, &vars).unwrap().listen.port(), 3);
+}
+
+#[test]
+fn env_can_fill_array_entries() {
+    let (_dir, flags) = with_file(
+        "[[providers]]\nname = \"local\"\ntype = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n",
+    );
+    let settings = load(
+        &flags,
+        &env(&[("ATALAYA_PROVIDERS__0__BASE_URL", "http://127.0.0.1:5/v1")]),
+    )
+    .unwrap();
+    assert_eq!(
+        settings.gateway.providers[0].base_url,
+        "http://127.0.0.1:5/v1"
+    );
+}
+
+#[test]
+fn variables_are_interpolated() {
+    let vars = env(&[("KEY", "secret"), ("EMPTY", "")]);
+    assert_eq!(interpolate("a ${KEY} b", &vars).unwrap(), "a secret b");
+    assert_eq!(interpolate("${MISSING:-dflt}", &vars).unwrap(), "dflt");
+    assert_eq!(interpolate("${EMPTY:-dflt}", &vars).unwrap(), "dflt");
+    assert_eq!(interpolate("$${KEY} $5", &vars).unwrap(), "${KEY} $5");
+    assert!(
+        interpolate("${MISSING}", &vars)
+            .unwrap_err()
+            .contains("MISSING is not set")
+    );
+    assert!(interpolate("${KEY", &vars).is_err());
+    assert!(interpolate("${bad name}", &vars).is_err());
+}
+
+#[test]
+fn errors_name_the_key_and_the_source() {
+    let message = load_err("[server]\nlisten = \"nowhere\"\n", &[]);
+    assert!(message.contains("server.listen"), "{message}");
+    assert!(message.contains("atalaya.toml"), "{message}");
+
+    let message = load_err("[server]\nlisten = 4000\n", &[]);
+    assert!(message.contains("server.listen"), "{message}");
+
+    let message = load_err("[server]\nlistne = \"x\"\n", &[]);
+    assert!(message.contains("listne"), "{message}");
+
+    let message = load_err("", &[("ATALAYA_SERVER__LISTEN", "bad")]);
+    assert!(message.contains("ATALAYA_SERVER__LISTEN"), "{message}");
+
+    let message = load_err(
+        "[[providers]]\nname = \"p\"\ntype = \"openai\"\napi_key = \"${NOPE}\"\n",
+        &[],
+    );
+    assert!(
+        message.contains("providers[0].api_key") && message.contains("NOPE"),
+        "{message}"
+    );
+
+    let message = load_err("[[providers]]\nname = \"p\"\ntype = \"magic\"\n", &[]);
+    assert!(message.contains("providers[0].type"), "{message}");
+
+    let message = load_err(
+        "[[models]]\nname = \"fast\"\nprovider = \"ghost\"\nmodel = \"m\"\n",
+        &[],
+    );
+    assert!(message.contains("models[0].provider"), "{message}");
+
+    let message = load_err("[database]\nurl = \"mysql://u:pw@h/db\"\n", &[]);
+    assert!(
+        message.contains("database.url") && !message.contains("pw"),
+        "{message}"
+    );
+
+    let message = load_err("this is not toml", &[]);
+    assert!(message.contains("not valid TOML"), "{message}");
+}
+
+#[test]
+fn a_missing_explicit_file_is_an_error() {
+    let flags = Flags {
+        config: Some(PathBuf::from("/nonexistent/atalaya.toml")),
+        ..Flags::default()
+    };
+    let message = load(&flags, &Env::new()).err().unwrap().to_string();
+    assert!(message.contains("/nonexistent/atalaya.toml"), "{message}");
+}

@@ -1,0 +1,40 @@
+//! `atalaya`: the command line. Parses arguments and hands over to one command module;
+//! no business logic lives here.
+
+mod cli;
+mod config;
+mod keys;
+mod mock;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            cli::Command::Serve(args) => serve::run(args).await,
+            cli::Command::MockProvider(args) => mock::run(args).await,
+            cli::Command::Keys(args) => keys::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! `atalaya mock-provider`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mock_provider::{MockConfig, MockState};
+
+use crate::cli::MockArgs;
+use crate::serve::shutdown_signal;
+
+pub async fn run(args: MockArgs) -> anyhow::Result<()> {
+    atalaya_telemetry::init_tracing(atalaya_telemetry::LogFormat::Pretty, "info")?;
+    if !(args.tokens_per_second.is_finite() && args.tokens_per_second >= 0.0) {
+        anyhow::bail!("--tokens-per-second must be 0 or a positive number");
+    }
+    let config = MockConfig {
+        latency: Duration::from_millis(args.latency_ms),
+        tokens_per_second: args.tokens_per_second,
+        api_key: args.api_key,
+        ..MockConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "Listening on http://{address}.");
+    mock_provider::serve(listener, MockState::new(config), shutdown_signal())
+        .await
+        .context("serving")
+}

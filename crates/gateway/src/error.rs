@@ -1,0 +1,109 @@
+//! The one API error type: a stable snake_case code, a status and a message, rendered as
+//! OpenAI's error JSON.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable and public: add codes, never rename them.
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+    /// Passed on as the `Retry-After` header (429 and 503).
+    pub retry_after: Option<HeaderValue>,
+}
+
+/// Attached to every error response so the request log can record why it failed.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorNote(pub String);
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("The model `{model}` does not exist. `GET /v1/models` lists the models this gateway serves."),
+        )
+        .with_param("model")
+    }
+
+    /// OpenAI's `type` for this status, which SDKs surface beside the status.
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            429 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            param: Option<&'a str>,
+            code: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Outer<'a> {
+            error: Inner<'a>,
+        }
+        let outer = Outer {
+            error: Inner {
+                message: &self.message,
+                kind: self.kind(),
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        };
+        serde_json::to_vec(&outer).unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body(),
+        )
+            .into_response();
+        if let Some(retry_after) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
+        }
+        response
+            .extensions_mut()
+            .insert(ErrorNote(format!("{}: {}", self.code, self.message)));
+        response
+    }
+}

@@ -1,0 +1,348 @@
+//! The gateway: the OpenAI-compatible data plane (`/v1/*`), atalaya's own API
+//! (`/api/v1/*`), health and metrics endpoints, provider adapters and the streaming relay.
+//!
+//! It owns request validation, routing a model name to a provider, talking to upstreams and
+//! translating their answers back. It does not own storage (`atalaya-store`), key material
+//! (`atalaya-security`) or metric names (`atalaya-telemetry`), and it never reads config
+//! files or the environment: the binary hands it a validated `GatewayConfig`.
+
+mod admin;
+mod auth;
+pub mod config;
+mod error;
+mod openai;
+mod providers;
+mod relay;
+mod v1;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atalaya_store::{LogWriter, RequestLogRow, Store, now_ms};
+use atalaya_telemetry::names;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::time::Instant;
+
+pub use auth::{KeyCache, Principal};
+pub use config::{GatewayConfig, ModelAlias, ProviderKind, ProviderSettings, SimSettings};
+pub use error::ApiError;
+pub use openai::Usage;
+pub use providers::{ProviderError, SIM_CHAT_MODEL, SIM_EMBED_MODEL, SIM_PROVIDER};
+
+use error::ErrorNote;
+use providers::Providers;
+
+/// Everything a request handler needs. Built once at start.
+pub struct Gateway {
+    store: Store,
+    log_writer: LogWriter,
+    keys: KeyCache,
+    providers: Providers,
+    metrics: PrometheusHandle,
+    max_body_bytes: usize,
+}
+
+/// A configured provider, for `atalaya serve`'s start-up log and the providers API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProviderSummary {
+    pub name: String,
+    pub source: String,
+}
+
+impl Gateway {
+    pub fn new(
+        config: &GatewayConfig,
+        store: Store,
+        log_writer: LogWriter,
+        keys: KeyCache,
+        metrics: PrometheusHandle,
+    ) -> Result<Arc<Self>, ProviderError> {
+        Ok(Arc::new(Gateway {
+            store,
+            log_writer,
+            keys,
+            providers: Providers::new(config)?,
+            metrics,
+            max_body_bytes: config.max_body_bytes,
+        }))
+    }
+
+    pub fn providers(&self) -> Vec<ProviderSummary> {
+        let mut list: Vec<ProviderSummary> = self
+            .providers
+            .all()
+            .map(|provider| ProviderSummary {
+                name: provider.name.to_string(),
+                source: provider.source.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Metrics and the request-log row for one finished data-plane request.
+    fn record(&self, context: &RequestContext, status: u16, exchange: &Exchange) {
+        let total = context.started.elapsed();
+        let status_label = status_label(status);
+        // Only routed names become labels: arbitrary client strings would make them unbounded.
+        let model = if exchange.provider.is_some() {
+            exchange.model.as_deref().unwrap_or("")
+        } else {
+            ""
+        };
+        let provider = exchange.provider.as_deref().unwrap_or("");
+        let endpoint = context.endpoint;
+        metrics::counter!(names::REQUESTS, "endpoint" => endpoint, "model" => model.to_owned(), "provider" => provider.to_owned(), "status" => status_label)
+            .increment(1);
+        metrics::histogram!(names::REQUEST_DURATION, "endpoint" => endpoint, "provider" => provider.to_owned()).record(total.as_secs_f64());
+        if exchange.provider.is_some() {
+            let overhead = total.saturating_sub(exchange.upstream_time);
+            metrics::histogram!(names::OVERHEAD_DURATION, "endpoint" => endpoint)
+                .record(overhead.as_secs_f64());
+        }
+        if let (Some(ttft), true) = (exchange.ttft, exchange.stream) {
+            metrics::histogram!(names::TIME_TO_FIRST_TOKEN, "provider" => provider.to_owned())
+                .record(ttft.as_secs_f64());
+        }
+        if let Some(class) = exchange
+            .upstream_error_class
+            .filter(|class| *class != "client")
+        {
+            metrics::counter!(names::UPSTREAM_ERRORS, "provider" => provider.to_owned(), "class" => class).increment(1);
+        }
+        if let Some(usage) = exchange.usage {
+            if let Some(tokens) = usage.prompt_tokens {
+                metrics::counter!(names::TOKENS, "provider" => provider.to_owned(), "model" => model.to_owned(), "kind" => "prompt").increment(tokens);
+            }
+            if let Some(tokens) = usage.completion_tokens {
+                metrics::counter!(names::TOKENS, "provider" => provider.to_owned(), "model" => model.to_owned(), "kind" => "completion").increment(tokens);
+            }
+        }
+        self.log_writer.submit(RequestLogRow {
+            seq: 0,
+            request_id: context.id.to_string(),
+            created_at_ms: context.started_at_ms,
+            key_id: exchange.key_id.clone(),
+            endpoint: endpoint.to_owned(),
+            model: exchange.model.clone(),
+            provider: exchange.provider.as_deref().map(str::to_owned),
+            upstream_model: exchange.upstream_model.as_deref().map(str::to_owned),
+            stream: exchange.stream,
+            status: i64::from(status),
+            latency_ms: total.as_secs_f64() * 1e3,
+            ttft_ms: exchange.ttft.map(|t| t.as_secs_f64() * 1e3),
+            prompt_tokens: exchange
+                .usage
+                .and_then(|u| u.prompt_tokens)
+                .map(|t| t as i64),
+            completion_tokens: exchange
+                .usage
+                .and_then(|u| u.completion_tokens)
+                .map(|t| t as i64),
+            error: exchange.error.clone(),
+        });
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        499 => "499",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Per-request facts set by the outermost middleware.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestContext {
+    pub id: Arc<str>,
+    pub started: Instant,
+    pub started_at_ms: i64,
+    /// A bounded label naming the endpoint.
+    pub endpoint: &'static str,
+}
+
+/// What a handler learned about a data-plane request, for its log row and metrics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Exchange {
+    pub key_id: Option<String>,
+    pub model: Option<String>,
+    pub provider: Option<Arc<str>>,
+    pub upstream_model: Option<Arc<str>>,
+    pub stream: bool,
+    pub upstream_time: Duration,
+    pub ttft: Option<Duration>,
+    pub usage: Option<Usage>,
+    pub error: Option<String>,
+    pub upstream_error_class: Option<&'static str>,
+}
+
+/// Marks a response whose request is recorded later, by the stream relay.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deferred;
+
+/// The whole HTTP surface.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let data_plane = Router::new()
+        .route("/v1/chat/completions", post(v1::chat_completions))
+        .route("/v1/embeddings", post(v1::embeddings))
+        .route("/v1/models", get(v1::list_models))
+        .route("/v1/models/{*id}", get(v1::get_model))
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            auth::require_key,
+        ))
+        .layer(middleware::from_fn_with_state(gateway.clone(), observe));
+    let admin_api = Router::new()
+        .route(
+            "/api/v1/keys",
+            post(admin::create_key).get(admin::list_keys),
+        )
+        .route("/api/v1/keys/{id}", delete(admin::revoke_key))
+        .route("/api/v1/logs", get(admin::list_logs))
+        .route("/api/v1/providers", get(admin::list_providers))
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            auth::require_admin,
+        ));
+    Router::new()
+        .merge(data_plane)
+        .merge(admin_api)
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .route("/api/v1/metrics", get(render_metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(gateway.max_body_bytes))
+        .layer(middleware::from_fn(request_context))
+        .with_state(gateway)
+}
+
+fn endpoint_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "chat_completions",
+        "/v1/embeddings" => "embeddings",
+        "/v1/models" => "models",
+        p if p.starts_with("/v1/models/") => "models",
+        p if p.starts_with("/v1/") => "other",
+        p if p.starts_with("/api/") => "api",
+        _ => "other",
+    }
+}
+
+/// A clean client-supplied id is kept (so callers can correlate); anything else is replaced.
+fn request_id(request: &Request) -> Arc<str> {
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map(Arc::from)
+        .unwrap_or_else(|| Arc::from(format!("req_{}", uuid::Uuid::now_v7().simple())))
+}
+
+/// Outermost layer: request id in, `x-request-id` out, on every response.
+async fn request_context(mut request: Request, next: Next) -> Response {
+    let context = RequestContext {
+        id: request_id(&request),
+        started: Instant::now(),
+        started_at_ms: now_ms(),
+        endpoint: endpoint_label(request.uri().path()),
+    };
+    let header_value = HeaderValue::from_str(&context.id).ok();
+    request.extensions_mut().insert(context);
+    let mut response = next.run(request).await;
+    if let Some(value) = header_value {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Records every data-plane request that a stream relay does not record itself.
+async fn observe(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let context = request.extensions().get::<RequestContext>().cloned();
+    let response = next.run(request).await;
+    if response.extensions().get::<Deferred>().is_some() {
+        return response;
+    }
+    let Some(context) = context else {
+        return response;
+    };
+    let mut exchange = response
+        .extensions()
+        .get::<Exchange>()
+        .cloned()
+        .unwrap_or_default();
+    if exchange.error.is_none() {
+        exchange.error = response
+            .extensions()
+            .get::<ErrorNote>()
+            .map(|note| note.0.clone());
+    }
+    gateway.record(&context, response.status().as_u16(), &exchange);
+    response
+}
+
+async fn live() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// Ready when storage answers within two seconds.
+async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), gateway.store.ping()).await {
+        Ok(Ok(())) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Err(error)) => not_ready(&providers::error_chain(&error)),
+        Err(_) => not_ready("storage did not answer within 2 s"),
+    }
+}
+
+fn not_ready(reason: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({"status": "unavailable", "reason": reason})),
+    )
+        .into_response()
+}
+
+async fn render_metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        gateway.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(request: Request) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "No route for {} {}. See the README for the endpoints atalaya serves.",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .into_response()
+}

@@ -1,0 +1,440 @@
+//! Inbound OpenAI requests: validation with errors that name the field, and rewriting for
+//! the upstream without re-serialising the payload.
+//!
+//! The body is split once into its top-level fields as raw JSON slices. Known fields are
+//! type-checked; every field, known or not, is forwarded byte for byte except `model`
+//! (replaced by the upstream model) and `stream_options` (usage is always requested so it
+//! is never lost).
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::ApiError;
+
+/// A JSON object's top-level fields, in order, values unparsed.
+struct RawObject<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ObjectVisitor<'a> {
+            type Value = RawObject<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
+                    fields.push((key, value));
+                }
+                Ok(RawObject(fields))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl Kind {
+    fn of(raw: &RawValue) -> Kind {
+        match raw.get().as_bytes().first() {
+            Some(b'n') => Kind::Null,
+            Some(b't' | b'f') => Kind::Bool,
+            Some(b'"') => Kind::String,
+            Some(b'[') => Kind::Array,
+            Some(b'{') => Kind::Object,
+            _ => Kind::Number,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Null => "null",
+            Kind::Bool => "a boolean",
+            Kind::Number => "a number",
+            Kind::String => "a string",
+            Kind::Array => "an array",
+            Kind::Object => "an object",
+        }
+    }
+}
+
+/// What a known field must be. `null` is accepted for every optional field, as OpenAI does.
+#[derive(Clone, Copy)]
+enum Expect {
+    Bool,
+    Number,
+    Integer,
+    String,
+    Array,
+    Object,
+    StringOrArray,
+    StringOrObject,
+}
+
+impl Expect {
+    fn describe(self) -> &'static str {
+        match self {
+            Expect::Bool => "a boolean",
+            Expect::Number => "a number",
+            Expect::Integer => "an integer",
+            Expect::String => "a string",
+            Expect::Array => "an array",
+            Expect::Object => "an object",
+            Expect::StringOrArray => "a string or an array",
+            Expect::StringOrObject => "a string or an object",
+        }
+    }
+
+    fn accepts(self, raw: &RawValue) -> bool {
+        let kind = Kind::of(raw);
+        match self {
+            Expect::Bool => kind == Kind::Bool,
+            Expect::Number => kind == Kind::Number,
+            Expect::Integer => kind == Kind::Number && raw.get().parse::<i64>().is_ok(),
+            Expect::String => kind == Kind::String,
+            Expect::Array => kind == Kind::Array,
+            Expect::Object => kind == Kind::Object,
+            Expect::StringOrArray => matches!(kind, Kind::String | Kind::Array),
+            Expect::StringOrObject => matches!(kind, Kind::String | Kind::Object),
+        }
+    }
+}
+
+fn chat_field(name: &str) -> Option<Expect> {
+    Some(match name {
+        "model" | "user" | "reasoning_effort" | "service_tier" => Expect::String,
+        "messages" | "tools" | "functions" | "modalities" => Expect::Array,
+        "stream" | "logprobs" | "parallel_tool_calls" | "store" => Expect::Bool,
+        "temperature" | "top_p" | "presence_penalty" | "frequency_penalty" => Expect::Number,
+        "n" | "max_tokens" | "max_completion_tokens" | "seed" | "top_logprobs" => Expect::Integer,
+        "stream_options" | "response_format" | "metadata" | "logit_bias" | "audio"
+        | "prediction" => Expect::Object,
+        "stop" => Expect::StringOrArray,
+        "tool_choice" | "function_call" => Expect::StringOrObject,
+        _ => return None,
+    })
+}
+
+fn embedding_field(name: &str) -> Option<Expect> {
+    Some(match name {
+        "model" | "encoding_format" | "user" => Expect::String,
+        "input" => Expect::StringOrArray,
+        "dimensions" => Expect::Integer,
+        _ => return None,
+    })
+}
+
+fn wrong_type(field: &str, expect: Expect, raw: &RawValue) -> ApiError {
+    ApiError::invalid_request(
+        "invalid_type",
+        format!(
+            "Invalid type for '{field}': expected {}, but got {}.",
+            expect.describe(),
+            Kind::of(raw).name()
+        ),
+    )
+    .with_param(field)
+}
+
+fn missing(field: &str) -> ApiError {
+    ApiError::invalid_request(
+        "missing_required_parameter",
+        format!("Missing required parameter: '{field}'."),
+    )
+    .with_param(field)
+}
+
+fn parse_object(body: &[u8]) -> Result<RawObject<'_>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_request(
+            "invalid_json",
+            "The request body is empty; send a JSON object such as {\"model\": \"...\", \"messages\": [...]}.",
+        ));
+    }
+    serde_json::from_slice::<RawObject<'_>>(body).map_err(|error| {
+        ApiError::invalid_request(
+            "invalid_json",
+            format!("The request body is not valid JSON ({error}); send a JSON object with Content-Type: application/json."),
+        )
+    })
+}
+
+fn string_value(raw: &RawValue) -> Result<String, serde_json::Error> {
+    serde_json::from_str::<String>(raw.get())
+}
+
+/// Checks every known field's type, then returns the required string `model`.
+fn check_fields(
+    fields: &[(String, &RawValue)],
+    expect_of: fn(&str) -> Option<Expect>,
+) -> Result<String, ApiError> {
+    let mut model = None;
+    for (name, raw) in fields {
+        let Some(expect) = expect_of(name) else {
+            continue;
+        };
+        if Kind::of(raw) == Kind::Null && name != "model" {
+            continue;
+        }
+        if !expect.accepts(raw) {
+            return Err(wrong_type(name, expect, raw));
+        }
+        if name == "model" {
+            model = Some(string_value(raw).map_err(|_| wrong_type(name, expect, raw))?);
+        }
+    }
+    match model {
+        Some(model) if !model.is_empty() => Ok(model),
+        Some(_) => Err(
+            ApiError::invalid_request("invalid_value", "'model' must not be empty.")
+                .with_param("model"),
+        ),
+        None => Err(missing("model")),
+    }
+}
+
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+fn check_messages(raw: &RawValue) -> Result<(), ApiError> {
+    let messages: Vec<&RawValue> =
+        serde_json::from_str(raw.get()).map_err(|_| wrong_type("messages", Expect::Array, raw))?;
+    if messages.is_empty() {
+        return Err(ApiError::invalid_request(
+            "empty_array",
+            "Invalid 'messages': empty array. Send at least one message, e.g. [{\"role\": \"user\", \"content\": \"Hello\"}].",
+        )
+        .with_param("messages"));
+    }
+    for (index, message) in messages.iter().enumerate() {
+        let field = |name: &str| format!("messages[{index}].{name}");
+        if Kind::of(message) != Kind::Object {
+            return Err(wrong_type(
+                &format!("messages[{index}]"),
+                Expect::Object,
+                message,
+            ));
+        }
+        let object: RawObject<'_> = serde_json::from_str(message.get())
+            .map_err(|_| wrong_type(&format!("messages[{index}]"), Expect::Object, message))?;
+        let role = object
+            .0
+            .iter()
+            .find(|(name, _)| name == "role")
+            .map(|(_, raw)| *raw);
+        let Some(role) = role else {
+            return Err(missing(&field("role")));
+        };
+        let role_name =
+            string_value(role).map_err(|_| wrong_type(&field("role"), Expect::String, role))?;
+        if !ROLES.contains(&role_name.as_str()) {
+            return Err(ApiError::invalid_request(
+                "invalid_value",
+                format!(
+                    "Invalid value for '{}': '{role_name}'. Supported values are: {}.",
+                    field("role"),
+                    ROLES.join(", ")
+                ),
+            )
+            .with_param(field("role")));
+        }
+        if let Some((_, content)) = object.0.iter().find(|(name, _)| name == "content") {
+            if !matches!(Kind::of(content), Kind::String | Kind::Array | Kind::Null) {
+                return Err(wrong_type(
+                    &field("content"),
+                    Expect::StringOrArray,
+                    content,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A validated chat completion request.
+pub(crate) struct ChatRequest<'a> {
+    pub model: String,
+    pub stream: bool,
+    /// Whether the client itself asked for the usage chunk.
+    pub client_wants_usage: bool,
+    fields: Vec<(String, &'a RawValue)>,
+}
+
+impl<'a> ChatRequest<'a> {
+    pub fn parse(body: &'a [u8]) -> Result<Self, ApiError> {
+        let RawObject(fields) = parse_object(body)?;
+        let model = check_fields(&fields, chat_field)?;
+        let messages = fields
+            .iter()
+            .find(|(name, _)| name == "messages")
+            .map(|(_, raw)| *raw);
+        match messages {
+            Some(raw) if Kind::of(raw) != Kind::Null => check_messages(raw)?,
+            _ => return Err(missing("messages")),
+        }
+        let stream = fields
+            .iter()
+            .any(|(name, raw)| name == "stream" && raw.get() == "true");
+        let client_wants_usage = stream
+            && fields
+                .iter()
+                .find(|(name, _)| name == "stream_options")
+                .and_then(|(_, raw)| serde_json::from_str::<StreamOptions>(raw.get()).ok())
+                .is_some_and(|options| options.include_usage == Some(true));
+        Ok(ChatRequest {
+            model,
+            stream,
+            client_wants_usage,
+            fields,
+        })
+    }
+
+    /// The body to send upstream: same fields, `model` replaced, usage requested on streams.
+    pub fn upstream_body(&self, upstream_model: &str) -> Vec<u8> {
+        let size: usize = self
+            .fields
+            .iter()
+            .map(|(name, raw)| name.len() + raw.get().len() + 4)
+            .sum();
+        let mut out = Vec::with_capacity(size + upstream_model.len() + 48);
+        out.push(b'{');
+        let mut saw_stream_options = false;
+        for (name, raw) in &self.fields {
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            write_key(&mut out, name);
+            match name.as_str() {
+                "model" => write_string(&mut out, upstream_model),
+                "stream_options" if self.stream => {
+                    saw_stream_options = true;
+                    write_stream_options(&mut out, raw);
+                }
+                _ => out.extend_from_slice(raw.get().as_bytes()),
+            }
+        }
+        if self.stream && !saw_stream_options {
+            out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+fn write_key(out: &mut Vec<u8>, key: &str) {
+    write_string(out, key);
+    out.push(b':');
+}
+
+fn write_string(out: &mut Vec<u8>, value: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+fn write_stream_options(out: &mut Vec<u8>, raw: &RawValue) {
+    let mut options: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(raw.get()).unwrap_or_default();
+    options.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
+    let _ = serde_json::to_writer(&mut *out, &options);
+}
+
+/// A validated embeddings request.
+pub(crate) struct EmbeddingRequest<'a> {
+    pub model: String,
+    fields: Vec<(String, &'a RawValue)>,
+}
+
+impl<'a> EmbeddingRequest<'a> {
+    pub fn parse(body: &'a [u8]) -> Result<Self, ApiError> {
+        let RawObject(fields) = parse_object(body)?;
+        let model = check_fields(&fields, embedding_field)?;
+        match fields.iter().find(|(name, _)| name == "input") {
+            Some((_, raw)) if Kind::of(raw) != Kind::Null => {}
+            _ => return Err(missing("input")),
+        }
+        Ok(EmbeddingRequest { model, fields })
+    }
+
+    pub fn upstream_body(&self, upstream_model: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.fields
+                .iter()
+                .map(|(n, r)| n.len() + r.get().len() + 4)
+                .sum::<usize>()
+                + 32,
+        );
+        out.push(b'{');
+        for (name, raw) in &self.fields {
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            write_key(&mut out, name);
+            if name == "model" {
+                write_string(&mut out, upstream_model);
+            } else {
+                out.extend_from_slice(raw.get().as_bytes());
+            }
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// Token usage as providers report it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+}
+
+/// The `usage` of a complete response body, if it has one; other fields are skipped unparsed.
+pub(crate) fn usage_of(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct WithUsage {
+        usage: Option<Usage>,
+    }
+    serde_json::from_slice::<WithUsage>(body)
+        .ok()
+        .and_then(|w| w.usage)
+}
+
+/// A streamed chunk's usage, and whether it is a usage-only chunk (no choices).
+pub(crate) fn chunk_usage(data: &[u8]) -> Option<(Usage, bool)> {
+    #[derive(Deserialize)]
+    struct Chunk {
+        #[serde(default)]
+        choices: Vec<serde::de::IgnoredAny>,
+        usage: Option<Usage>,
+    }
+    let chunk: Chunk = serde_json::from_slice(data).ok()?;
+    chunk.usage.map(|usage| (usage, chunk.choices.is_empty()))
+}
+
+#[cfg(test)]
+mod tests;

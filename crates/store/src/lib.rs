@@ -1,0 +1,115 @@
+//! Persistence: the database pool, embedded migrations, the repositories for keys and the
+//! request log, and the batched asynchronous request-log writer.
+//!
+//! Callers see `Store` and plain row types only; which SQL engine runs underneath is this
+//! crate's business (SQLite today, PostgreSQL added behind the same methods). The store
+//! knows nothing of HTTP, hashing or routing.
+
+mod keys;
+mod log_writer;
+mod request_log;
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use keys::{KeyId, KeyRecord, NewKey};
+pub use log_writer::{LogWriter, LogWriterConfig, spawn_log_writer};
+pub use request_log::{LogPage, LogQuery, RequestLogRow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "unsupported database url `{0}`: expected sqlite://PATH (PostgreSQL support is planned)"
+    )]
+    UnsupportedUrl(String),
+    #[error("invalid database url")]
+    InvalidUrl(#[source] sqlx::Error),
+    #[error("creating the database directory {path}")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to the database")]
+    Connect(#[source] sqlx::Error),
+    #[error("applying database migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("database query failed")]
+    Query(#[from] sqlx::Error),
+}
+
+/// The database behind every repository.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let file = path.split('?').next().unwrap_or(path);
+        if file != ":memory:" {
+            if let Some(parent) = Path::new(file)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(StoreError::InvalidUrl)?
+            .create_if_missing(true)
+            // WAL lets readers (health checks, log pages) run while the writer commits.
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable across application crashes in WAL mode; only a power loss can
+            // lose the last commits, which is the documented trade-off for log-heavy writes.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(StoreError::Connect)?;
+        SQLITE_MIGRATIONS
+            .run(&pool)
+            .await
+            .map_err(StoreError::Migrate)?;
+        Ok(Store { pool })
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch, the one time representation stored in every backend.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

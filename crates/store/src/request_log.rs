@@ -1,0 +1,120 @@
+//! The `request_logs` repository.
+
+use serde::Serialize;
+use sqlx::QueryBuilder;
+
+use crate::{Store, StoreError};
+
+/// One data-plane request as recorded after it finished.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct RequestLogRow {
+    /// Storage order; 0 until written.
+    #[serde(skip_serializing_if = "is_zero")]
+    #[sqlx(default)]
+    pub seq: i64,
+    pub request_id: String,
+    pub created_at_ms: i64,
+    pub key_id: Option<String>,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub upstream_model: Option<String>,
+    pub stream: bool,
+    pub status: i64,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub error: Option<String>,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
+}
+
+/// A page request: newest first, strictly older than `before_seq` when given.
+#[derive(Debug, Clone, Copy)]
+pub struct LogQuery {
+    pub limit: u32,
+    pub before_seq: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogPage {
+    pub data: Vec<RequestLogRow>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    pub next_before: Option<i64>,
+}
+
+macro_rules! columns {
+    () => {
+        "seq, request_id, created_at_ms, key_id, endpoint, model, provider, upstream_model, \
+         stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, error"
+    };
+}
+
+impl Store {
+    /// Writes a batch in one transaction: all rows or none.
+    pub async fn insert_request_logs(&self, rows: &[RequestLogRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut transaction = self.pool.begin().await?;
+        // 14 binds a row; SQLite allows 32,766 per statement.
+        for chunk in rows.chunks(1_000) {
+            let mut builder = QueryBuilder::new(
+                "INSERT INTO request_logs (request_id, created_at_ms, key_id, endpoint, model, provider, \
+                 upstream_model, stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, error) ",
+            );
+            builder.push_values(chunk, |mut values, row| {
+                values
+                    .push_bind(&row.request_id)
+                    .push_bind(row.created_at_ms)
+                    .push_bind(&row.key_id)
+                    .push_bind(&row.endpoint)
+                    .push_bind(&row.model)
+                    .push_bind(&row.provider)
+                    .push_bind(&row.upstream_model)
+                    .push_bind(row.stream)
+                    .push_bind(row.status)
+                    .push_bind(row.latency_ms)
+                    .push_bind(row.ttft_ms)
+                    .push_bind(row.prompt_tokens)
+                    .push_bind(row.completion_tokens)
+                    .push_bind(&row.error);
+            });
+            builder.build().execute(&mut *transaction).await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list_request_logs(&self, query: LogQuery) -> Result<LogPage, StoreError> {
+        let limit = i64::from(query.limit.clamp(1, 1_000));
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM request_logs WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+        );
+        let data: Vec<RequestLogRow> = sqlx::query_as(sql)
+            .bind(query.before_seq.unwrap_or(i64::MAX))
+            .bind(limit + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut data = data;
+        let next_before = if data.len() as i64 > limit {
+            data.truncate(limit as usize);
+            data.last().map(|row| row.seq)
+        } else {
+            None
+        };
+        Ok(LogPage { data, next_before })
+    }
+
+    pub async fn count_request_logs(&self) -> Result<i64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM request_logs")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count)
+    }
+}

@@ -1,0 +1,135 @@
+//! Telemetry plumbing: the names and help texts of every metric, the Prometheus recorder,
+//! and the tracing subscriber.
+//!
+//! Crates record metrics through the `metrics` macros using the names defined here, so the
+//! full list lives in one place and `/metrics` documents itself. This crate does not serve
+//! HTTP and does not decide what to measure.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub mod names {
+    //! Metric names: `atalaya_<name>_<unit>[_total]`, bounded labels only.
+
+    /// Data-plane requests by `endpoint`, `model`, `provider`, `status`.
+    pub const REQUESTS: &str = "atalaya_requests_total";
+    /// Whole request time as the client sees it, by `endpoint`, `provider`.
+    pub const REQUEST_DURATION: &str = "atalaya_request_duration_seconds";
+    /// The gateway's own share of a request: total minus time waiting on the upstream.
+    pub const OVERHEAD_DURATION: &str = "atalaya_overhead_duration_seconds";
+    /// Time to the first streamed byte of the answer, by `provider`.
+    pub const TIME_TO_FIRST_TOKEN: &str = "atalaya_time_to_first_token_seconds";
+    /// Failed upstream calls by `provider` and `class` (connect, timeout, status_4xx, status_5xx, stream).
+    pub const UPSTREAM_ERRORS: &str = "atalaya_upstream_errors_total";
+    /// Tokens by `provider`, `model` and `kind` (prompt, completion).
+    pub const TOKENS: &str = "atalaya_tokens_total";
+    /// Request-log rows written to storage.
+    pub const LOG_ROWS_WRITTEN: &str = "atalaya_request_log_rows_written_total";
+    /// Request-log rows dropped because the bounded buffer was full.
+    pub const LOG_ROWS_DROPPED: &str = "atalaya_request_log_rows_dropped_total";
+    /// Request-log rows waiting to be written.
+    pub const LOG_ROWS_PENDING: &str = "atalaya_request_log_rows_pending";
+    /// Failed request-log batch writes (each is retried).
+    pub const LOG_WRITE_ERRORS: &str = "atalaya_request_log_write_errors_total";
+    /// Rejected authentication attempts by `reason`.
+    pub const AUTH_FAILURES: &str = "atalaya_auth_failures_total";
+}
+
+/// Latency buckets from 0.5 ms to 5 min: gateway overhead sits at the low end, long
+/// generations at the high end.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("installing the metrics recorder")]
+    Metrics(#[source] metrics_exporter_prometheus::BuildError),
+    #[error("invalid log filter `{filter}`")]
+    Filter {
+        filter: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("installing the tracing subscriber: {0}")]
+    Tracing(String),
+}
+
+/// Installs the global Prometheus recorder and describes every metric. Call once.
+pub fn install_metrics() -> Result<PrometheusHandle, TelemetryError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
+        .map_err(TelemetryError::Metrics)?
+        .install_recorder()
+        .map_err(TelemetryError::Metrics)?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use names::*;
+    describe_counter!(
+        REQUESTS,
+        "Data-plane requests by endpoint, model, provider and status."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Request duration as the client sees it."
+    );
+    describe_histogram!(
+        OVERHEAD_DURATION,
+        Unit::Seconds,
+        "Gateway overhead: total time minus time waiting on the upstream."
+    );
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Time to the first streamed chunk of an answer."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS,
+        "Failed upstream calls by provider and class."
+    );
+    describe_counter!(
+        TOKENS,
+        "Tokens by provider, model and kind (prompt, completion)."
+    );
+    describe_counter!(LOG_ROWS_WRITTEN, "Request-log rows written to storage.");
+    describe_counter!(
+        LOG_ROWS_DROPPED,
+        "Request-log rows dropped because the bounded buffer was full."
+    );
+    describe_gauge!(LOG_ROWS_PENDING, "Request-log rows waiting to be written.");
+    describe_counter!(
+        LOG_WRITE_ERRORS,
+        "Failed request-log batch writes (rows are kept and retried)."
+    );
+    describe_counter!(AUTH_FAILURES, "Rejected authentication attempts by reason.");
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Logs go to stderr, so stdout stays free for command output.
+pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
+    use tracing_subscriber::EnvFilter;
+    let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
+        filter: filter.to_owned(),
+        source,
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
+    result.map_err(|error| TelemetryError::Tracing(error.to_string()))
+}
