@@ -531,30 +531,30 @@ fn validate(
             "config file",
         )?);
     }
-    if let Some(key) = env.get("OPENAI_API_KEY").filter(|k| !k.is_empty()) {
-        if !providers.iter().any(|p| p.name == "openai") {
-            let preset = RawProvider {
-                name: "openai".to_owned(),
-                kind: "openai".to_owned(),
-                base_url: env
-                    .get("OPENAI_BASE_URL")
-                    .filter(|u| !u.is_empty())
-                    .cloned(),
-                api_key: Some(key.clone()),
-                ..RawProvider::default()
-            };
-            let source = if preset.base_url.is_some() {
-                "environment (OPENAI_API_KEY, OPENAI_BASE_URL)"
-            } else {
-                "environment (OPENAI_API_KEY)"
-            };
-            providers.push(validate_provider(
-                preset,
-                "OPENAI_API_KEY",
-                origins,
-                source,
-            )?);
-        }
+    if let Some(key) = env.get("OPENAI_API_KEY").filter(|k| !k.is_empty())
+        && !providers.iter().any(|p| p.name == "openai")
+    {
+        let preset = RawProvider {
+            name: "openai".to_owned(),
+            kind: "openai".to_owned(),
+            base_url: env
+                .get("OPENAI_BASE_URL")
+                .filter(|u| !u.is_empty())
+                .cloned(),
+            api_key: Some(key.clone()),
+            ..RawProvider::default()
+        };
+        let source = if preset.base_url.is_some() {
+            "environment (OPENAI_API_KEY, OPENAI_BASE_URL)"
+        } else {
+            "environment (OPENAI_API_KEY)"
+        };
+        providers.push(validate_provider(
+            preset,
+            "OPENAI_API_KEY",
+            origins,
+            source,
+        )?);
     }
     let sim_on = match raw.sim.enabled {
         None | Some(SimSwitch::Word(AutoWord::Auto)) => providers.is_empty(),

@@ -257,14 +257,14 @@ fn check_messages(raw: &RawValue) -> Result<(), ApiError> {
             )
             .with_param(field("role")));
         }
-        if let Some((_, content)) = object.0.iter().find(|(name, _)| name == "content") {
-            if !matches!(Kind::of(content), Kind::String | Kind::Array | Kind::Null) {
-                return Err(wrong_type(
-                    &field("content"),
-                    Expect::StringOrArray,
-                    content,
-                ));
-            }
+        if let Some((_, content)) = object.0.iter().find(|(name, _)| name == "content")
+            && !matches!(Kind::of(content), Kind::String | Kind::Array | Kind::Null)
+        {
+            return Err(wrong_type(
+                &field("content"),
+                Expect::StringOrArray,
+                content,
+            ));
         }
     }
     Ok(())

@@ -192,12 +192,11 @@ impl OpenAiUpstream {
         for (name, value) in &settings.headers {
             headers.insert(name.clone(), value.clone());
         }
-        if let Some(key) = &settings.api_key {
-            if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
-            {
-                value.set_sensitive(true);
-                headers.insert(header::AUTHORIZATION, value);
-            }
+        if let Some(key) = &settings.api_key
+            && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+        {
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
         }
         Ok(OpenAiUpstream {
             client,

@@ -100,10 +100,10 @@ impl Relay {
 
     /// Returns the complete events received so far, ready to send, if any.
     fn take_events(&mut self, chunk: Bytes) -> Option<Bytes> {
-        if let Some(record) = self.record.as_mut() {
-            if record.exchange.ttft.is_none() {
-                record.exchange.ttft = Some(record.context.started.elapsed());
-            }
+        if let Some(record) = self.record.as_mut()
+            && record.exchange.ttft.is_none()
+        {
+            record.exchange.ttft = Some(record.context.started.elapsed());
         }
         let region = if self.pending.is_empty() && last_boundary_end(&chunk) == Some(chunk.len()) {
             chunk
@@ -155,10 +155,10 @@ impl Stream for Relay {
             match this.upstream.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
-                    if let Some(events) = this.take_events(chunk) {
-                        if !events.is_empty() {
-                            return Poll::Ready(Some(Ok(events)));
-                        }
+                    if let Some(events) = this.take_events(chunk)
+                        && !events.is_empty()
+                    {
+                        return Poll::Ready(Some(Ok(events)));
                     }
                 }
                 Poll::Ready(Some(Err(error))) => {

@@ -61,16 +61,15 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
         let file = path.split('?').next().unwrap_or(path);
-        if file != ":memory:" {
-            if let Some(parent) = Path::new(file)
+        if file != ":memory:"
+            && let Some(parent) = Path::new(file)
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
-                    path: parent.display().to_string(),
-                    source,
-                })?;
-            }
+        {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: parent.display().to_string(),
+                source,
+            })?;
         }
         let options = SqliteConnectOptions::from_str(url)
             .map_err(StoreError::InvalidUrl)?

@@ -119,17 +119,17 @@ async fn run(
             tokio::time::sleep_until(next_attempt).await;
         }
 
-        if let Some(deadline) = drain_deadline {
-            if Instant::now() >= deadline {
-                if !pending.is_empty() {
-                    tracing::error!(
-                        rows = pending.len(),
-                        "Request-log rows could not be written before shutdown."
-                    );
-                    metrics::counter!(names::LOG_ROWS_DROPPED).increment(pending.len() as u64);
-                }
-                break;
+        if let Some(deadline) = drain_deadline
+            && Instant::now() >= deadline
+        {
+            if !pending.is_empty() {
+                tracing::error!(
+                    rows = pending.len(),
+                    "Request-log rows could not be written before shutdown."
+                );
+                metrics::counter!(names::LOG_ROWS_DROPPED).increment(pending.len() as u64);
             }
+            break;
         }
         if pending.is_empty() || Instant::now() < next_attempt {
             continue;

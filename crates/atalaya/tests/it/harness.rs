@@ -1,0 +1,294 @@
+//! Starts the real binary (`serve`, `mock-provider`) on ephemeral ports and talks to it.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_atalaya")
+}
+
+/// A child process whose stderr is captured; killed on drop.
+pub struct Process {
+    pub child: Child,
+    pub address: String,
+    output: Arc<Mutex<String>>,
+}
+
+impl Process {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `command` with inherited ATALAYA_*/OPENAI_* variables removed and `env` set,
+/// and waits for its "Listening on http://ADDR." line.
+fn start(mut command: Command, env: &[(&str, String)]) -> Process {
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ATALAYA_") || name.starts_with("OPENAI_") || name == "RUST_LOG" {
+            command.env_remove(&name);
+        }
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = command.spawn().expect("spawn atalaya");
+    let stderr = child.stderr.take().unwrap();
+    let output = Arc::new(Mutex::new(String::new()));
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let sink = output.clone();
+    std::thread::spawn(move || {
+        let mut sender = Some(sender);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            const MARK: &str = "Listening on http://";
+            if let (Some(at), Some(sender)) = (line.find(MARK), sender.as_ref()) {
+                // "Listening on http://127.0.0.1:PORT. address=..."
+                let rest = &line[at + MARK.len()..];
+                let address: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                let _ = sender.send(address.trim_end_matches('.').to_owned());
+            }
+            if line.contains("Listening on http://") {
+                sender = None;
+            }
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+    match receiver.recv_timeout(Duration::from_secs(60)) {
+        Ok(address) => Process {
+            child,
+            address,
+            output,
+        },
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "process did not start listening; output:\n{}",
+                output.lock().unwrap()
+            );
+        }
+    }
+}
+
+pub struct MockOptions {
+    pub latency_ms: u64,
+    pub tokens_per_second: f64,
+    pub api_key: Option<&'static str>,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            latency_ms: 0,
+            tokens_per_second: 0.0,
+            api_key: Some("sk-upstream-secret"),
+        }
+    }
+}
+
+pub fn mock(options: MockOptions) -> Process {
+    let mut command = Command::new(binary());
+    command.args(["mock-provider", "--listen", "127.0.0.1:0"]);
+    command.args(["--latency-ms", &options.latency_ms.to_string()]);
+    command.args([
+        "--tokens-per-second",
+        &options.tokens_per_second.to_string(),
+    ]);
+    if let Some(key) = options.api_key {
+        command.args(["--api-key", key]);
+    }
+    start(command, &[])
+}
+
+/// A running `atalaya serve` with its own data directory.
+pub struct Server {
+    pub process: Process,
+    pub data_dir: tempfile::TempDir,
+}
+
+pub struct ServeOptions<'a> {
+    pub config: &'a str,
+    pub env: Vec<(&'a str, String)>,
+    pub admin_key: Option<&'a str>,
+}
+
+impl Default for ServeOptions<'_> {
+    fn default() -> Self {
+        ServeOptions {
+            config: "",
+            env: Vec::new(),
+            admin_key: Some(ADMIN_KEY),
+        }
+    }
+}
+
+pub fn serve(options: ServeOptions<'_>) -> Server {
+    let data_dir = tempfile::tempdir().unwrap();
+    serve_in(options, data_dir)
+}
+
+pub fn serve_in(options: ServeOptions<'_>, data_dir: tempfile::TempDir) -> Server {
+    let config_path = data_dir.path().join("atalaya.toml");
+    std::fs::write(&config_path, options.config).unwrap();
+    let mut command = Command::new(binary());
+    command
+        .arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--config")
+        .arg(&config_path);
+    command.arg("--data-dir").arg(data_dir.path().join("data"));
+    command.current_dir(data_dir.path());
+    let mut env: Vec<(&str, String)> = options.env;
+    if let Some(key) = options.admin_key {
+        env.push(("ATALAYA_ADMIN_KEY", key.to_owned()));
+    }
+    env.push(("RUST_LOG", "info".to_owned()));
+    Server {
+        process: start(command, &env),
+        data_dir,
+    }
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        self.process.url()
+    }
+
+    pub fn data_path(&self) -> PathBuf {
+        self.data_dir.path().join("data")
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.data_path().join("atalaya.db")
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// POSTs JSON with the admin key; returns status, headers and body.
+pub async fn post(url: &str, key: &str, body: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = client()
+        .post(url)
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, value)
+}
+
+pub async fn get(url: &str, key: &str) -> (u16, Value) {
+    let response = client().get(url).bearer_auth(key).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rows in the request log, read through the admin API.
+pub async fn log_rows(server: &Server) -> Vec<Value> {
+    let (status, body) = get(
+        &format!("{}/api/v1/logs?limit=1000", server.url()),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].as_array().cloned().unwrap_or_default()
+}
+
+pub fn chat_body(model: &str, stream: bool) -> String {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Say something about watchtowers."}],
+    })
+    .to_string()
+}
+
+pub fn config_with_openai_upstream(mock: &Process, extra: &str) -> String {
+    format!(
+        "[[providers]]\nname = \"upstream\"\ntype = \"openai-compatible\"\nbase_url = \"{}/v1\"\napi_key = \"${{UPSTREAM_KEY}}\"\nmodels = [\"gpt-4o-mini\", \"text-embedding-3-small\"]\nheaders = {{ \"x-team\" = \"blue\" }}\n{extra}",
+        mock.url()
+    )
+}
+
+pub fn read_file(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

@@ -1,0 +1,12 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! End-to-end tests: the real `atalaya` binary on ephemeral ports, with `mock-provider`
+//! as the upstream where one is needed.
+
+mod bad_input;
+mod cli;
+mod harness;
+mod keys;
+mod request_log;
+mod sim;
+mod upstream;

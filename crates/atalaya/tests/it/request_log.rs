@@ -1,0 +1,173 @@
+//! The request log: a row per data-plane request, written off the request path, surviving a
+//! locked database and a shutdown.
+
+use std::time::Duration;
+
+use sqlx::Connection as _;
+
+use crate::harness::*;
+
+async fn metric(server: &Server, name: &str) -> f64 {
+    let text = client()
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn every_request_gets_a_row_and_pages_are_stable() {
+    let server = serve(ServeOptions::default());
+    let chat = format!("{}/v1/chat/completions", server.url());
+    for _ in 0..5 {
+        assert_eq!(
+            post(&chat, ADMIN_KEY, &chat_body("sim-chat", false))
+                .await
+                .0,
+            200
+        );
+    }
+    assert_eq!(
+        post(&chat, ADMIN_KEY, &chat_body("nope", false)).await.0,
+        404
+    );
+    assert_eq!(
+        post(&chat, "sk-atl-wrong", &chat_body("sim-chat", false))
+            .await
+            .0,
+        401
+    );
+
+    let rows = eventually(Duration::from_secs(5), || async {
+        let rows = log_rows(&server).await;
+        (rows.len() == 7).then_some(rows)
+    })
+    .await;
+    // Newest first.
+    assert_eq!(rows[0]["status"], 401);
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid_api_key")
+    );
+    assert_eq!(rows[1]["status"], 404);
+    assert_eq!(rows[1]["model"], "nope");
+    let ok = &rows[2];
+    assert_eq!(ok["endpoint"], "chat_completions");
+    assert_eq!(ok["provider"], "sim");
+    assert!(ok["latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(ok["created_at_ms"].as_i64().unwrap() > 1_700_000_000_000);
+
+    let (_, page) = get(&format!("{}/api/v1/logs?limit=3", server.url()), ADMIN_KEY).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 3);
+    let before = page["next_before"].as_i64().unwrap();
+    let (_, next) = get(
+        &format!("{}/api/v1/logs?limit=3&before={before}", server.url()),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(next["data"][0]["seq"], rows[3]["seq"]);
+    let (status, _) = get(
+        &format!("{}/api/v1/logs?limit=abc", server.url()),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn a_locked_database_slows_nothing_and_loses_nothing() {
+    let server = serve(ServeOptions::default());
+    let chat = format!("{}/v1/chat/completions", server.url());
+    assert_eq!(
+        post(&chat, ADMIN_KEY, &chat_body("sim-chat", false))
+            .await
+            .0,
+        200
+    );
+    eventually(Duration::from_secs(5), || async {
+        (log_rows(&server).await.len() == 1).then_some(())
+    })
+    .await;
+
+    // Another process takes the write lock and holds it past the writer's busy timeout (5 s).
+    let url = format!("sqlite://{}", server.database().display());
+    let mut blocker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let (status, _, _) = post(&chat, ADMIN_KEY, &chat_body("sim-chat", false)).await;
+        assert_eq!(status, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "requests waited on the database: {:?}",
+        started.elapsed()
+    );
+    eventually(Duration::from_secs(15), || async {
+        (metric(&server, "atalaya_request_log_write_errors_total").await >= 1.0).then_some(())
+    })
+    .await;
+    assert!(metric(&server, "atalaya_request_log_rows_pending").await >= 20.0);
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+
+    eventually(Duration::from_secs(15), || async {
+        (log_rows(&server).await.len() == 21).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&server, "atalaya_request_log_rows_dropped_total").await,
+        0.0
+    );
+    assert!(server.process.output().contains("Request-log write failed"));
+    assert!(
+        server
+            .process
+            .output()
+            .contains("Request-log storage is back")
+    );
+}
+
+#[tokio::test]
+async fn shutdown_writes_what_is_buffered() {
+    let mut server = serve(ServeOptions {
+        config: "[request_log]\nflush_interval_ms = 60000\nbatch_size = 1000\n",
+        ..ServeOptions::default()
+    });
+    let chat = format!("{}/v1/chat/completions", server.url());
+    for _ in 0..12 {
+        assert_eq!(
+            post(&chat, ADMIN_KEY, &chat_body("sim-chat", false))
+                .await
+                .0,
+            200
+        );
+    }
+    // Nothing is flushed yet: the interval is a minute and the batch is not full.
+    let status = server.process.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        server.process.output()
+    );
+    let url = format!("sqlite://{}", server.database().display());
+    let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM request_logs")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(count, 12);
+}
