@@ -164,3 +164,62 @@ fn a_missing_explicit_file_is_an_error() {
     let message = load(&flags, &Env::new()).err().unwrap().to_string();
     assert!(message.contains("/nonexistent/atalaya.toml"), "{message}");
 }
+
+/// The keys serde accepts at `path`, read from its own unknown-field message.
+fn accepted_keys(table_text: &str) -> Vec<String> {
+    let table: toml::Table = toml::from_str(table_text).unwrap();
+    let error = serde_path_to_error::deserialize::<_, RawConfig>(toml::Value::Table(table))
+        .err()
+        .unwrap();
+    let message = error.inner().to_string();
+    let first_line = message.lines().next().unwrap_or(&message);
+    let list = first_line
+        .split("expected one of ")
+        .nth(1)
+        .or_else(|| first_line.split("expected ").nth(1))
+        .unwrap_or_else(|| panic!("{message}"));
+    list.split(", ")
+        .flat_map(|k| k.split(" or "))
+        .map(|k| {
+            k.trim_matches(|c: char| c == '`' || c.is_whitespace() || c == '\n')
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn the_example_file_loads_and_documents_every_key() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../atalaya.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let flags = Flags {
+        config: Some(path),
+        ..Flags::default()
+    };
+    let settings = load(&flags, &Env::new()).unwrap();
+    assert_eq!(settings.gateway.providers[0].name, "local");
+
+    let probes = [
+        "__probe = 1",
+        "[server]\n__probe = 1",
+        "[database]\n__probe = 1",
+        "[telemetry]\n__probe = 1",
+        "[request_log]\n__probe = 1",
+        "[sim]\n__probe = 1",
+        "[[providers]]\nname = \"x\"\ntype = \"openai\"\n__probe = 1",
+        "[[models]]\nname = \"x\"\nprovider = \"p\"\nmodel = \"m\"\n__probe = 1",
+    ];
+    for probe in probes {
+        for key in accepted_keys(probe) {
+            let documented = text.lines().any(|line| {
+                let line = line.trim_start();
+                line.starts_with(&format!("{key} ="))
+                    || line.starts_with(&format!("[{key}]"))
+                    || line.starts_with(&format!("[[{key}]]"))
+            });
+            assert!(
+                documented,
+                "atalaya.example.toml does not document `{key}` (probe: {probe})"
+            );
+        }
+    }
+}
