@@ -281,14 +281,22 @@ async fn request_context(mut request: Request, next: Next) -> Response {
 
 /// Records every data-plane request that a stream relay does not record itself.
 async fn observe(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
-    let context = request.extensions().get::<RequestContext>().cloned();
+    let Some(context) = request.extensions().get::<RequestContext>().cloned() else {
+        return next.run(request).await;
+    };
+    // If the client goes away before the answer, hyper drops this future: the guard still
+    // records the request.
+    let mut guard = AbandonGuard {
+        gateway: gateway.clone(),
+        context: Some(context),
+    };
     let response = next.run(request).await;
+    let Some(context) = guard.context.take() else {
+        return response;
+    };
     if response.extensions().get::<Deferred>().is_some() {
         return response;
     }
-    let Some(context) = context else {
-        return response;
-    };
     let mut exchange = response
         .extensions()
         .get::<Exchange>()
@@ -302,6 +310,25 @@ async fn observe(State(gateway): State<Arc<Gateway>>, request: Request, next: Ne
     }
     gateway.record(&context, response.status().as_u16(), &exchange);
     response
+}
+
+struct AbandonGuard {
+    gateway: Arc<Gateway>,
+    context: Option<RequestContext>,
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if let Some(context) = self.context.take() {
+            let exchange = Exchange {
+                error: Some("The client disconnected before the answer was sent.".to_owned()),
+                upstream_error_class: Some("client"),
+                ..Exchange::default()
+            };
+            self.gateway
+                .record(&context, relay::CLIENT_CLOSED, &exchange);
+        }
+    }
 }
 
 async fn live() -> Response {

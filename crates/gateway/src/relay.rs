@@ -25,7 +25,7 @@ use crate::{Deferred, Exchange, Gateway, RequestContext};
 pub(crate) type UpstreamStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 
 /// Status recorded for a stream the client abandoned (nginx's convention).
-const CLIENT_CLOSED: u16 = 499;
+pub(crate) const CLIENT_CLOSED: u16 = 499;
 
 pub(crate) fn sse_response(
     gateway: Arc<Gateway>,

@@ -274,3 +274,32 @@ async fn upstream_errors_are_mapped() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_client_leaving_before_a_plain_answer_is_still_logged() {
+    let mock = mock(MockOptions {
+        latency_ms: 5_000,
+        ..MockOptions::default()
+    });
+    let server = upstream_server(&mock, "");
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let result = quick
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .bearer_auth(ADMIN_KEY)
+        .header("x-request-id", "leaving-early")
+        .body(chat_body("gpt-4o-mini", false))
+        .send()
+        .await;
+    assert!(result.is_err(), "the client should have given up");
+    let row = eventually(Duration::from_secs(5), || async {
+        log_rows(&server)
+            .await
+            .into_iter()
+            .find(|r| r["request_id"] == "leaving-early")
+    })
+    .await;
+    assert_eq!(row["status"], 499);
+}

@@ -1,0 +1,16 @@
+-- wrk script: POST the JSON body in $BENCH_BODY_FILE with a bearer key from $BENCH_KEY.
+local file = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
+wrk.method = "POST"
+wrk.body = file:read("*a")
+file:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "bench")
+
+-- One parseable line with the figures the runner needs (latencies in microseconds).
+done = function(summary, latency, requests)
+  local seconds = summary.duration / 1e6
+  io.write(string.format("BENCH rps=%.1f p50=%d p99=%d requests=%d errors=%d non2xx=%d\n",
+    summary.requests / seconds, latency:percentile(50), latency:percentile(99), summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status))
+end

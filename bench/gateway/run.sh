@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Gateway overhead benchmark: wrk against (a) mock-provider directly, (b) nginx as a plain
+# reverse proxy in front of it, (c) atalaya in front of it — non-streaming and streaming, in
+# one run. Prints RPS, p50/p99, CPU ms per request and atalaya's peak RSS, and the ratios.
+#
+#   bench/gateway/run.sh                 # defaults: 15 s per run, 32 and 1 connections
+#   DURATION=30 CONNECTIONS="64 32 1" bench/gateway/run.sh
+#
+# Installs wrk and nginx from Debian if they are missing. Traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+here=$root/bench/gateway
+duration=${DURATION:-15}
+connections=${CONNECTIONS:-"32 1"}
+threads=${THREADS:-2}
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+cargo build --release --locked --bin atalaya
+bin=$target_dir/release/atalaya
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+cpu_ticks() { local total=0; for pid in "$@"; do read -r -a f < /proc/"$pid"/stat; total=$((total + f[13] + f[14])); done; echo $total; }
+hz=$(getconf CLK_TCK)
+
+mock_port=$(free_port); nginx_port=$(free_port); atalaya_port=$(free_port)
+"$bin" mock-provider --listen 127.0.0.1:"$mock_port" --api-key sk-bench-upstream 2>"$work/mock.log" &
+mock_pid=$!; pids+=($mock_pid)
+mkdir -p "$work/nginx"
+sed -e "s|@DIR@|$work/nginx|g" -e "s|@MOCK_PORT@|$mock_port|" -e "s|@NGINX_PORT@|$nginx_port|" \
+  "$here/nginx.conf.template" > "$work/nginx/nginx.conf"
+"$nginx_bin" -c "$work/nginx/nginx.conf" -p "$work/nginx" 2>"$work/nginx.log" &
+nginx_pid=$!; pids+=($nginx_pid)
+(cd "$work" && OPENAI_API_KEY=sk-bench-upstream OPENAI_BASE_URL=http://127.0.0.1:$mock_port/v1 \
+  ATALAYA_ADMIN_KEY=bench-admin-key RUST_LOG=warn \
+  exec "$bin" serve --listen 127.0.0.1:"$atalaya_port" --data-dir "$work/atalaya-data" 2>"$work/atalaya.log") &
+atalaya_pid=$!; pids+=($atalaya_pid)
+wait_port "$mock_port"; wait_port "$nginx_port"; wait_port "$atalaya_port"
+sleep 0.5
+nginx_pids() { pgrep -P "$nginx_pid" | tr '\n' ' '; echo "$nginx_pid"; }
+
+results=$work/results.txt
+: > "$results"
+run() { # name url body connections pids...
+  local name=$1 url=$2 body=$3 conns=$4; shift 4
+  # Warm up pools and caches, then measure.
+  BENCH_BODY_FILE=$here/$body BENCH_KEY=bench-admin-key wrk -t1 -c"$conns" -d2s -s "$here/post.lua" "$url" >/dev/null 2>&1 || true
+  local before; before=$(cpu_ticks "$@")
+  local line
+  line=$(BENCH_BODY_FILE=$here/$body BENCH_KEY=bench-admin-key \
+    wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s -s "$here/post.lua" "$url" | grep '^BENCH')
+  local after; after=$(cpu_ticks "$@")
+  local requests; requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+  local cpu_ms; cpu_ms=$(python3 -c "print(f'{($after-$before)*1000/$hz/max($requests,1):.3f}')")
+  echo "$name $body c=$conns $line cpu_ms_per_req=$cpu_ms" | tee -a "$results"
+}
+
+for conns in $connections; do
+  for body in chat.json chat-stream.json; do
+    run mock "http://127.0.0.1:$mock_port/v1/chat/completions" "$body" "$conns" "$mock_pid"
+    run nginx "http://127.0.0.1:$nginx_port/v1/chat/completions" "$body" "$conns" $(nginx_pids)
+    run atalaya "http://127.0.0.1:$atalaya_port/v1/chat/completions" "$body" "$conns" "$atalaya_pid"
+  done
+done
+peak_rss_kb=$(awk '/VmHWM/ {print $2}' /proc/"$atalaya_pid"/status)
+logged=$(curl -s "http://127.0.0.1:$atalaya_port/metrics" | awk '/^atalaya_request_log_rows_written_total/ {print $2}')
+dropped=$(curl -s "http://127.0.0.1:$atalaya_port/metrics" | awk '/^atalaya_request_log_rows_dropped_total/ {print $2}')
+
+python3 - "$results" "$peak_rss_kb" "${logged:-0}" "${dropped:-0}" <<'PY'
+import re, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, body, conns = line.split()[:3]
+    fields = dict(re.findall(r"(\w+)=([\d.]+)", line))
+    rows[(name, body, conns)] = fields
+print()
+print(f"{'scenario':<28}{'target':<9}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu ms/req':>12}{'errors':>8}{'vs nginx':>10}")
+for (name, body, conns), f in rows.items():
+    nginx = rows.get(("nginx", body, conns))
+    ratio = f"{float(f['rps']) / float(nginx['rps']) * 100:.0f}%" if nginx else ""
+    errors = int(f["errors"]) + int(f["non2xx"])
+    print(f"{body + ' ' + conns:<28}{name:<9}{float(f['rps']):>10.0f}{int(f['p50'])/1000:>9.2f}{int(f['p99'])/1000:>9.2f}"
+          f"{float(f['cpu_ms_per_req']):>12.3f}{errors:>8}{ratio:>10}")
+print()
+print(f"atalaya peak RSS: {int(sys.argv[2]) / 1024:.1f} MB; request-log rows written: {sys.argv[3]}, dropped: {sys.argv[4]}")
+PY
+mkdir -p "$root/bench/results"
+cp "$results" "$root/bench/results/gateway-latest.txt"
