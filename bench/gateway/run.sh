@@ -39,16 +39,18 @@ wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 cpu_ticks() { local total=0; for pid in "$@"; do read -r -a f < /proc/"$pid"/stat; total=$((total + f[13] + f[14])); done; echo $total; }
 hz=$(getconf CLK_TCK)
 
+upstream_key=sk-bench-upstream
+gateway_key=bench-admin-key
 mock_port=$(free_port); nginx_port=$(free_port); atalaya_port=$(free_port)
-"$bin" mock-provider --listen 127.0.0.1:"$mock_port" --api-key sk-bench-upstream 2>"$work/mock.log" &
+"$bin" mock-provider --listen 127.0.0.1:"$mock_port" --api-key "$upstream_key" 2>"$work/mock.log" &
 mock_pid=$!; pids+=($mock_pid)
 mkdir -p "$work/nginx"
 sed -e "s|@DIR@|$work/nginx|g" -e "s|@MOCK_PORT@|$mock_port|" -e "s|@NGINX_PORT@|$nginx_port|" \
   "$here/nginx.conf.template" > "$work/nginx/nginx.conf"
 "$nginx_bin" -c "$work/nginx/nginx.conf" -p "$work/nginx" 2>"$work/nginx.log" &
 nginx_pid=$!; pids+=($nginx_pid)
-(cd "$work" && OPENAI_API_KEY=sk-bench-upstream OPENAI_BASE_URL=http://127.0.0.1:$mock_port/v1 \
-  ATALAYA_ADMIN_KEY=bench-admin-key RUST_LOG=warn \
+(cd "$work" && OPENAI_API_KEY=$upstream_key OPENAI_BASE_URL=http://127.0.0.1:$mock_port/v1 \
+  ATALAYA_ADMIN_KEY=$gateway_key RUST_LOG=warn \
   exec "$bin" serve --listen 127.0.0.1:"$atalaya_port" --data-dir "$work/atalaya-data" 2>"$work/atalaya.log") &
 atalaya_pid=$!; pids+=($atalaya_pid)
 wait_port "$mock_port"; wait_port "$nginx_port"; wait_port "$atalaya_port"
@@ -57,14 +59,15 @@ nginx_pids() { pgrep -P "$nginx_pid" | tr '\n' ' '; echo "$nginx_pid"; }
 
 results=$work/results.txt
 : > "$results"
-run() { # name url body connections pids...
-  local name=$1 url=$2 body=$3 conns=$4; shift 4
+run() { # name url key body connections pids...
+  local name=$1 url=$2 key=$3 body=$4 conns=$5; shift 5
+  local wrk_threads=$(( threads < conns ? threads : conns ))
   # Warm up pools and caches, then measure.
-  BENCH_BODY_FILE=$here/$body BENCH_KEY=bench-admin-key wrk -t1 -c"$conns" -d2s -s "$here/post.lua" "$url" >/dev/null 2>&1 || true
+  BENCH_BODY_FILE=$here/$body BENCH_KEY=$key wrk -t1 -c"$conns" -d2s -s "$here/post.lua" "$url" >/dev/null 2>&1 || true
   local before; before=$(cpu_ticks "$@")
   local line
-  line=$(BENCH_BODY_FILE=$here/$body BENCH_KEY=bench-admin-key \
-    wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s -s "$here/post.lua" "$url" | grep '^BENCH')
+  line=$(BENCH_BODY_FILE=$here/$body BENCH_KEY=$key \
+    wrk -t"$wrk_threads" -c"$conns" -d"${duration}s" --timeout 10s -s "$here/post.lua" "$url" | grep '^BENCH')
   local after; after=$(cpu_ticks "$@")
   local requests; requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
   local cpu_ms; cpu_ms=$(python3 -c "print(f'{($after-$before)*1000/$hz/max($requests,1):.3f}')")
@@ -73,9 +76,9 @@ run() { # name url body connections pids...
 
 for conns in $connections; do
   for body in chat.json chat-stream.json; do
-    run mock "http://127.0.0.1:$mock_port/v1/chat/completions" "$body" "$conns" "$mock_pid"
-    run nginx "http://127.0.0.1:$nginx_port/v1/chat/completions" "$body" "$conns" $(nginx_pids)
-    run atalaya "http://127.0.0.1:$atalaya_port/v1/chat/completions" "$body" "$conns" "$atalaya_pid"
+    run mock "http://127.0.0.1:$mock_port/v1/chat/completions" "$upstream_key" "$body" "$conns" "$mock_pid"
+    run nginx "http://127.0.0.1:$nginx_port/v1/chat/completions" "$upstream_key" "$body" "$conns" $(nginx_pids)
+    run atalaya "http://127.0.0.1:$atalaya_port/v1/chat/completions" "$gateway_key" "$body" "$conns" "$atalaya_pid"
   done
 done
 peak_rss_kb=$(awk '/VmHWM/ {print $2}' /proc/"$atalaya_pid"/status)

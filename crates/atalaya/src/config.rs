@@ -80,6 +80,7 @@ struct RawServer {
     data_dir: Option<String>,
     max_body_bytes: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    worker_threads: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +155,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub database_url: String,
     pub shutdown_grace: Duration,
+    /// HTTP worker threads, each with its own runtime and listener.
+    pub worker_threads: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     pub request_log: LogWriterConfig,
@@ -601,6 +604,19 @@ fn validate(
         data_dir,
         database_url,
         shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms.unwrap_or(10_000)),
+        worker_threads: match raw.server.worker_threads {
+            None | Some(0) => std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1),
+            Some(count) if count > 1024 => {
+                return Err(error(
+                    "server.worker_threads",
+                    origins,
+                    "must be at most 1024 (0 = one per CPU core)",
+                ));
+            }
+            Some(count) => count as usize,
+        },
         log_format,
         log_level,
         request_log,

@@ -11,6 +11,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// mimalloc: the proxy allocates and frees many small buffers per request; glibc malloc
+/// spent ~12 % of CPU in the gateway benchmark.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -42,7 +42,7 @@ use providers::Providers;
 pub struct Gateway {
     store: Store,
     log_writer: LogWriter,
-    keys: KeyCache,
+    keys: Arc<KeyCache>,
     providers: Providers,
     metrics: PrometheusHandle,
     max_body_bytes: usize,
@@ -60,7 +60,7 @@ impl Gateway {
         config: &GatewayConfig,
         store: Store,
         log_writer: LogWriter,
-        keys: KeyCache,
+        keys: Arc<KeyCache>,
         metrics: PrometheusHandle,
     ) -> Result<Arc<Self>, ProviderError> {
         Ok(Arc::new(Gateway {

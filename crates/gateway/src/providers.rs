@@ -57,6 +57,12 @@ pub enum ProviderError {
     },
     #[error("model `{model}` names provider `{provider}`, which is not configured")]
     UnknownProvider { model: String, provider: String },
+    #[error("provider `{provider}` has an invalid base_url")]
+    BaseUrl {
+        provider: String,
+        #[source]
+        source: url::ParseError,
+    },
     #[error("provider name `{0}` is used twice")]
     DuplicateProvider(String),
 }
@@ -161,10 +167,17 @@ pub(crate) enum UpstreamFailure {
     Other(String),
 }
 
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Endpoint {
+    Chat,
+    Embeddings,
+}
+
 /// Any server speaking OpenAI's format: one pooled, keep-alive client per provider.
 pub(crate) struct OpenAiUpstream {
     client: reqwest::Client,
-    base_url: String,
+    chat_url: url::Url,
+    embeddings_url: url::Url,
     headers: HeaderMap,
     pub timeout: Duration,
 }
@@ -198,24 +211,37 @@ impl OpenAiUpstream {
             value.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, value);
         }
+        let base_url = settings.base_url.trim_end_matches('/');
+        let parse = |path: &str| {
+            url::Url::parse(&format!("{base_url}{path}")).map_err(|source| ProviderError::BaseUrl {
+                provider: settings.name.clone(),
+                source,
+            })
+        };
         Ok(OpenAiUpstream {
             client,
-            base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            chat_url: parse("/chat/completions")?,
+            embeddings_url: parse("/embeddings")?,
             headers,
             timeout: settings.timeout,
         })
     }
 
-    /// POSTs `body` to `path` under the base URL and waits for the response headers.
+    /// POSTs `body` to one of the provider's endpoints and waits for the response headers.
     pub async fn post(
         &self,
-        path: &str,
+        endpoint: Endpoint,
         body: Vec<u8>,
         request_id: &str,
     ) -> Result<reqwest::Response, UpstreamFailure> {
+        // URLs are parsed once, at start; cloning one is a string copy.
+        let url = match endpoint {
+            Endpoint::Chat => &self.chat_url,
+            Endpoint::Embeddings => &self.embeddings_url,
+        };
         let mut request = self
             .client
-            .post(format!("{}{path}", self.base_url))
+            .post(url.clone())
             .headers(self.headers.clone())
             .body(body);
         if let Ok(value) = HeaderValue::from_str(request_id) {

@@ -47,6 +47,8 @@ pub(crate) fn sse_response(
             exchange,
             upstream_started,
         }),
+        frame: Frame::default(),
+        idle_turns: 0,
     };
     let mut response = Response::new(Body::from_stream(relay));
     let headers = response.headers_mut();
@@ -76,6 +78,10 @@ struct Relay {
     saw_done: bool,
     finished: bool,
     record: Option<Record>,
+    /// Events received but not yet sent.
+    frame: Frame,
+    /// Scheduler turns yielded in a row without new upstream data.
+    idle_turns: u8,
 }
 
 impl Relay {
@@ -143,9 +149,25 @@ impl Relay {
     }
 }
 
+/// Most bytes merged into one frame: enough to batch a burst, small enough to keep memory flat.
+const MAX_FRAME: usize = 64 * 1024;
+
+/// Turns yielded before a waiting frame is sent. One is not enough: a deferred wake-up can
+/// come back before the connection task has run (measured: 1 turn merged nothing, 3 turns
+/// merged whole answers).
+const MAX_IDLE_TURNS: u8 = 3;
+
 impl Stream for Relay {
     type Item = Result<Bytes, Infallible>;
 
+    /// Forwards what the upstream delivered in as few frames as possible: hyper writes (and
+    /// flushes) each frame with its own syscall, and hyper's client hands over one chunk per
+    /// scheduler round trip, so one frame per SSE event would cost a syscall and a TCP
+    /// segment per token. When the upstream has nothing ready but a frame is waiting, the
+    /// relay yields up to `MAX_IDLE_TURNS` scheduler turns (no timer) so the connection task
+    /// can hand over chunks it already holds, and sends as soon as those turns bring nothing.
+    /// Measured with an unpaced upstream: ~14 writes per streamed answer became ~1, CPU per
+    /// request fell from 0.27 to 0.11 ms. A token-paced stream pays a few empty polls a chunk.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if this.finished {
@@ -153,12 +175,31 @@ impl Stream for Relay {
         }
         loop {
             match this.upstream.as_mut().poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.frame.is_empty() {
+                        this.idle_turns = 0;
+                        return Poll::Pending;
+                    }
+                    if this.idle_turns < MAX_IDLE_TURNS {
+                        this.idle_turns += 1;
+                        // `yield_now` defers the wake-up until the scheduler has run the other
+                        // ready tasks (the upstream connection among them); a plain self-wake
+                        // would take the LIFO slot and run this task again first. Its first
+                        // poll registers the wake-up, so the future itself can be dropped.
+                        let mut turn = std::pin::pin!(tokio::task::yield_now());
+                        let _ = std::future::Future::poll(turn.as_mut(), cx);
+                        return Poll::Pending;
+                    }
+                    this.idle_turns = 0;
+                    return Poll::Ready(Some(Ok(std::mem::take(&mut this.frame).into_bytes())));
+                }
                 Poll::Ready(Some(Ok(chunk))) => {
-                    if let Some(events) = this.take_events(chunk)
-                        && !events.is_empty()
-                    {
-                        return Poll::Ready(Some(Ok(events)));
+                    this.idle_turns = 0;
+                    if let Some(events) = this.take_events(chunk) {
+                        this.frame.push(events);
+                    }
+                    if this.frame.len() >= MAX_FRAME {
+                        return Poll::Ready(Some(Ok(std::mem::take(&mut this.frame).into_bytes())));
                     }
                 }
                 Poll::Ready(Some(Err(error))) => {
@@ -166,32 +207,91 @@ impl Stream for Relay {
                     // event the SDKs raise.
                     this.pending.clear();
                     let message = format!("The upstream stream failed: {error}");
-                    let event = error_event(&message);
+                    let mut frame = std::mem::take(&mut this.frame);
+                    frame.push(error_event(&message));
                     this.finish(StatusCode::BAD_GATEWAY.as_u16(), Some(("stream", message)));
-                    return Poll::Ready(Some(Ok(event)));
+                    return Poll::Ready(Some(Ok(frame.into_bytes())));
                 }
                 Poll::Ready(None) => {
+                    let mut frame = std::mem::take(&mut this.frame);
                     let rest = this.pending.split().freeze();
-                    let mut out = if rest.is_empty() {
-                        Bytes::new()
-                    } else {
-                        this.inspect(rest)
-                    };
+                    if !rest.is_empty() {
+                        let rest = this.inspect(rest);
+                        frame.push(rest);
+                    }
                     if this.saw_done {
                         this.finish(StatusCode::OK.as_u16(), None);
                     } else {
                         let message = "The upstream stream ended before `data: [DONE]`.".to_owned();
-                        let mut with_error = BytesMut::from(&out[..]);
-                        if !with_error.is_empty() && !with_error.ends_with(b"\n\n") {
-                            with_error.extend_from_slice(b"\n\n");
+                        if !frame.is_empty() && !frame.ends_with_blank_line() {
+                            frame.push(Bytes::from_static(b"\n\n"));
                         }
-                        with_error.extend_from_slice(&error_event(&message));
-                        out = with_error.freeze();
+                        frame.push(error_event(&message));
                         this.finish(StatusCode::BAD_GATEWAY.as_u16(), Some(("stream", message)));
                     }
-                    return Poll::Ready(if out.is_empty() { None } else { Some(Ok(out)) });
+                    return Poll::Ready(if frame.is_empty() {
+                        None
+                    } else {
+                        Some(Ok(frame.into_bytes()))
+                    });
                 }
             }
+        }
+    }
+}
+
+/// Pieces of one outgoing frame; a single piece is passed on without copying.
+#[derive(Default)]
+struct Frame {
+    first: Option<Bytes>,
+    merged: Option<BytesMut>,
+}
+
+impl Frame {
+    fn push(&mut self, piece: Bytes) {
+        if piece.is_empty() {
+            return;
+        }
+        if let Some(merged) = self.merged.as_mut() {
+            merged.extend_from_slice(&piece);
+            return;
+        }
+        match self.first.take() {
+            None => self.first = Some(piece),
+            Some(first) => {
+                let mut merged = BytesMut::with_capacity((first.len() + piece.len()) * 4);
+                merged.extend_from_slice(&first);
+                merged.extend_from_slice(&piece);
+                self.merged = Some(merged);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.merged
+            .as_ref()
+            .map(BytesMut::len)
+            .or(self.first.as_ref().map(Bytes::len))
+            .unwrap_or(0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn ends_with_blank_line(&self) -> bool {
+        match (&self.merged, &self.first) {
+            (Some(merged), _) => merged.ends_with(b"\n\n"),
+            (None, Some(first)) => first.ends_with(b"\n\n"),
+            (None, None) => true,
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match (self.merged, self.first) {
+            (Some(merged), _) => merged.freeze(),
+            (None, Some(first)) => first,
+            (None, None) => Bytes::new(),
         }
     }
 }

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, EmbeddingRequest, usage_of};
 use crate::providers::{
-    Adapter, OpenAiUpstream, Route, SIM_CHAT_MODEL, SIM_EMBED_DIMENSIONS, SIM_EMBED_MODEL,
-    UpstreamFailure,
+    Adapter, Endpoint, OpenAiUpstream, Route, SIM_CHAT_MODEL, SIM_EMBED_DIMENSIONS,
+    SIM_EMBED_MODEL, UpstreamFailure,
 };
 use crate::relay::{UpstreamStream, sse_response};
 use crate::{Exchange, Gateway, Principal, RequestContext};
@@ -137,7 +137,7 @@ async fn chat(
         Adapter::OpenAi(upstream) => {
             let upstream_body = request.upstream_body(&route.upstream_model);
             let response = upstream
-                .post("/chat/completions", upstream_body, &context.id)
+                .post(Endpoint::Chat, upstream_body, &context.id)
                 .await
                 .map_err(|failure| upstream_failure(&route, failure, exchange))?;
             if !request.stream || !response.status().is_success() {
@@ -362,7 +362,7 @@ async fn embed(
         Adapter::OpenAi(upstream) => {
             let response = upstream
                 .post(
-                    "/embeddings",
+                    Endpoint::Embeddings,
                     request.upstream_body(&route.upstream_model),
                     &context.id,
                 )
