@@ -19,7 +19,7 @@ pub const SIM_EMBED_DIMENSIONS: usize = 256;
 
 pub(crate) enum Adapter {
     Sim(SimSettings),
-    OpenAi(OpenAiUpstream),
+    OpenAi(Box<OpenAiUpstream>),
 }
 
 pub(crate) struct Provider {
@@ -88,7 +88,9 @@ impl Providers {
             let provider = Arc::new(Provider {
                 name: Arc::from(settings.name.as_str()),
                 adapter: match settings.kind {
-                    ProviderKind::OpenAi => Adapter::OpenAi(OpenAiUpstream::new(settings)?),
+                    ProviderKind::OpenAi => {
+                        Adapter::OpenAi(Box::new(OpenAiUpstream::new(settings)?))
+                    }
                 },
                 source: settings.source.clone(),
             });
