@@ -84,7 +84,10 @@ pub(crate) async fn chat_completions(
         key_id: principal.key_id(),
         ..Exchange::default()
     };
-    let result = chat(&gateway, &context, &mut exchange, body).await;
+    let result = match body {
+        Ok(body) => chat(&gateway, &context, &mut exchange, body).await,
+        Err(rejection) => Err(body_error(rejection, gateway.max_body_bytes)),
+    };
     finish(result, exchange)
 }
 
@@ -92,9 +95,8 @@ async fn chat(
     gateway: &Arc<Gateway>,
     context: &RequestContext,
     exchange: &mut Exchange,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| body_error(rejection, gateway.max_body_bytes))?;
     let request = ChatRequest::parse(&body)?;
     exchange.stream = request.stream;
     let route = route_for(gateway, &request.model, exchange)?;
@@ -318,11 +320,15 @@ pub(crate) async fn embeddings(
     Extension(principal): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // Same shape as `chat_completions`; axum needs one handler per route.
     let mut exchange = Exchange {
         key_id: principal.key_id(),
         ..Exchange::default()
     };
-    let result = embed(&gateway, &context, &mut exchange, body).await;
+    let result = match body {
+        Ok(body) => embed(&gateway, &context, &mut exchange, body).await,
+        Err(rejection) => Err(body_error(rejection, gateway.max_body_bytes)),
+    };
     finish(result, exchange)
 }
 
@@ -330,9 +336,8 @@ async fn embed(
     gateway: &Arc<Gateway>,
     context: &RequestContext,
     exchange: &mut Exchange,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| body_error(rejection, gateway.max_body_bytes))?;
     let request = EmbeddingRequest::parse(&body)?;
     let route = route_for(gateway, &request.model, exchange)?;
     let upstream_started = Instant::now();

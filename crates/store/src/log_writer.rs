@@ -181,7 +181,9 @@ async fn run(
                 pending.drain(..take);
                 // A stall (a slow commit, an outage) can grow the buffer to `buffer_rows`;
                 // give that memory back once it has drained.
-                if pending.capacity() > 8 * config.batch_size && pending.len() < pending.capacity() / 4 {
+                if pending.capacity() > 8 * config.batch_size
+                    && pending.len() < pending.capacity() / 4
+                {
                     pending.shrink_to(pending.len().max(config.batch_size));
                 }
                 metrics::counter!(names::LOG_ROWS_WRITTEN).increment(take as u64);

@@ -2,7 +2,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
@@ -11,9 +11,10 @@ const ADMIN_KEY = "node-sdk-admin-key-0123456789";
 const BINARY = process.env.ATALAYA_BIN ?? new URL("../../../target/debug/atalaya", import.meta.url).pathname;
 let server;
 let baseURL;
+let dir;
 
 before(async () => {
-  const dir = mkdtempSync(join(tmpdir(), "atalaya-node-"));
+  dir = mkdtempSync(join(tmpdir(), "atalaya-node-"));
   writeFileSync(join(dir, "atalaya.toml"), "[sim]\ntokens_per_second = 100\n");
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ATALAYA_") && !k.startsWith("OPENAI_")));
   env.ATALAYA_ADMIN_KEY = ADMIN_KEY;
@@ -36,7 +37,14 @@ before(async () => {
   });
 });
 
-after(() => server?.kill("SIGTERM"));
+after(async () => {
+  if (server && server.exitCode === null) {
+    const exited = new Promise((resolve) => server.once("exit", resolve));
+    server.kill("SIGTERM");
+    await exited;
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
 
 test("non-streaming chat completion", async () => {
   const client = new OpenAI({ baseURL, apiKey: ADMIN_KEY, maxRetries: 0 });

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -15,7 +16,8 @@ LISTENING = re.compile(r"Listening on http://([0-9.:]+?)\.(\s|$)")
 
 
 class Process:
-    def __init__(self, args, env=None, cwd=None):
+    def __init__(self, args, env=None, cwd=None, cleanup=None):
+        self.cleanup = cleanup
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("ATALAYA_", "OPENAI_"))}
         clean.update(env or {})
         self.output = []
@@ -49,6 +51,8 @@ class Process:
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        if self.cleanup:
+            shutil.rmtree(self.cleanup, ignore_errors=True)
 
 
 def start_server(config="", env=None):
@@ -60,6 +64,7 @@ def start_server(config="", env=None):
         ["serve", "--listen", "127.0.0.1:0", "--config", path, "--data-dir", os.path.join(data, "data")],
         env={"ATALAYA_ADMIN_KEY": ADMIN_KEY, **(env or {})},
         cwd=data,
+        cleanup=data,
     )
 
 

@@ -7,22 +7,6 @@ use sqlx::Connection as _;
 
 use crate::harness::*;
 
-async fn metric(server: &Server, name: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn every_request_gets_a_row_and_pages_are_stable() {
     let server = serve(ServeOptions::default());

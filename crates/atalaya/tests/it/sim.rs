@@ -112,14 +112,7 @@ async fn health_and_metrics_are_served() {
         &chat_body("sim-chat", true),
     )
     .await;
-    let metrics = client()
-        .get(format!("{}/metrics", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     for name in [
         "atalaya_requests_total{endpoint=\"chat_completions\",model=\"sim-chat\",provider=\"sim\",status=\"200\"} 2",
         "atalaya_request_duration_seconds_bucket",

@@ -259,14 +259,7 @@ async fn upstream_errors_are_mapped() {
             .contains("does not exist"),
         "{body}"
     );
-    let metrics = client()
-        .get(format!("{}/metrics", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains(
             "atalaya_upstream_errors_total{provider=\"upstream\",class=\"status_4xx\"} 1"
