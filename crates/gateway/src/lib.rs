@@ -90,12 +90,8 @@ impl Gateway {
     fn record(&self, context: &RequestContext, status: u16, exchange: &Exchange) {
         let total = context.started.elapsed();
         let status_label = status_label(status);
-        // Only routed names become labels: arbitrary client strings would make them unbounded.
-        let model = if exchange.provider.is_some() {
-            exchange.model.as_deref().unwrap_or("")
-        } else {
-            ""
-        };
+        // Only configured names become labels (see `Route::label`).
+        let model = exchange.model_label.as_deref().unwrap_or("");
         let provider = exchange.provider.as_deref().unwrap_or("");
         let endpoint = context.endpoint;
         metrics::counter!(names::REQUESTS, "endpoint" => endpoint, "model" => model.to_owned(), "provider" => provider.to_owned(), "status" => status_label)
@@ -188,6 +184,8 @@ pub(crate) struct RequestContext {
 pub(crate) struct Exchange {
     pub key_id: Option<String>,
     pub model: Option<String>,
+    /// The bounded metric label for `model`.
+    pub model_label: Option<Arc<str>>,
     pub provider: Option<Arc<str>>,
     pub upstream_model: Option<Arc<str>>,
     pub stream: bool,

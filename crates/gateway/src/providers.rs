@@ -24,6 +24,8 @@ pub(crate) enum Adapter {
 
 pub(crate) struct Provider {
     pub name: Arc<str>,
+    /// `name/*`, the metric label of every `name/<model>` request.
+    pub wildcard_label: Arc<str>,
     pub adapter: Adapter,
     pub source: String,
 }
@@ -33,6 +35,9 @@ pub(crate) struct Provider {
 pub(crate) struct Route {
     pub provider: Arc<Provider>,
     pub upstream_model: Arc<str>,
+    /// The `model` metric label: a configured name, or `provider/*` for prefix routes, so a
+    /// client cannot create labels.
+    pub label: Arc<str>,
 }
 
 /// A model as listed by `GET /v1/models`.
@@ -77,6 +82,7 @@ impl Providers {
         if let Some(sim) = &config.sim {
             let provider = Arc::new(Provider {
                 name: Arc::from(SIM_PROVIDER),
+                wildcard_label: Arc::from(format!("{SIM_PROVIDER}/*")),
                 adapter: Adapter::Sim(sim.clone()),
                 source: "built in".to_owned(),
             });
@@ -87,6 +93,7 @@ impl Providers {
         for settings in &config.providers {
             let provider = Arc::new(Provider {
                 name: Arc::from(settings.name.as_str()),
+                wildcard_label: Arc::from(format!("{}/*", settings.name)),
                 adapter: match settings.kind {
                     ProviderKind::OpenAi => {
                         Adapter::OpenAi(Box::new(OpenAiUpstream::new(settings)?))
@@ -129,6 +136,7 @@ impl Providers {
         let route = Route {
             provider: provider.clone(),
             upstream_model: Arc::from(upstream_model),
+            label: Arc::from(name),
         };
         if self.routes.insert(name.to_owned(), route).is_none() {
             self.listed.push(Listed {
@@ -153,6 +161,7 @@ impl Providers {
         Some(Route {
             provider: provider.clone(),
             upstream_model: Arc::from(upstream_model),
+            label: provider.wildcard_label.clone(),
         })
     }
 

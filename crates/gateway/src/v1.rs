@@ -71,6 +71,7 @@ fn route_for(gateway: &Gateway, model: &str, exchange: &mut Exchange) -> Result<
         .ok_or_else(|| ApiError::model_not_found(model))?;
     exchange.provider = Some(route.provider.name.clone());
     exchange.upstream_model = Some(route.upstream_model.clone());
+    exchange.model_label = Some(route.label.clone());
     Ok(route)
 }
 

@@ -103,6 +103,10 @@ async fn chat_goes_to_the_upstream_with_its_key_headers_and_model() {
         !server.process.output().contains(UPSTREAM_KEY),
         "upstream key leaked into logs"
     );
+    // Prefix routes share one metric label: clients cannot mint new label values.
+    let metrics = metrics_text(&server).await;
+    assert!(metrics.contains("model=\"upstream/*\""), "{metrics}");
+    assert!(!metrics.contains("model=\"upstream/gpt-4o\""), "{metrics}");
 }
 
 #[tokio::test]
