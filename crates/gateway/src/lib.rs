@@ -46,6 +46,7 @@ pub struct Gateway {
     providers: Providers,
     metrics: PrometheusHandle,
     max_body_bytes: usize,
+    handles: std::sync::Mutex<std::collections::HashMap<HandleKey, Arc<Handles>>>,
 }
 
 /// A configured provider, for `atalaya serve`'s start-up log and the providers API.
@@ -70,6 +71,7 @@ impl Gateway {
             providers: Providers::new(config)?,
             metrics,
             max_body_bytes: config.max_body_bytes,
+            handles: std::sync::Mutex::default(),
         }))
     }
 
@@ -94,31 +96,30 @@ impl Gateway {
         let model = exchange.model_label.as_deref().unwrap_or("");
         let provider = exchange.provider.as_deref().unwrap_or("");
         let endpoint = context.endpoint;
-        metrics::counter!(names::REQUESTS, "endpoint" => endpoint, "model" => model.to_owned(), "provider" => provider.to_owned(), "status" => status_label)
-            .increment(1);
-        metrics::histogram!(names::REQUEST_DURATION, "endpoint" => endpoint, "provider" => provider.to_owned()).record(total.as_secs_f64());
-        if exchange.provider.is_some() {
-            let overhead = total.saturating_sub(exchange.upstream_time);
-            metrics::histogram!(names::OVERHEAD_DURATION, "endpoint" => endpoint)
-                .record(overhead.as_secs_f64());
-        }
-        if let (Some(ttft), true) = (exchange.ttft, exchange.stream) {
-            metrics::histogram!(names::TIME_TO_FIRST_TOKEN, "provider" => provider.to_owned())
-                .record(ttft.as_secs_f64());
+        let handles = self.handles(endpoint, model, provider, status_label);
+        handles.requests.increment(1);
+        handles.duration.record(total.as_secs_f64());
+        if let Some(routed) = &handles.routed {
+            routed
+                .overhead
+                .record(total.saturating_sub(exchange.upstream_time).as_secs_f64());
+            if let (Some(ttft), true) = (exchange.ttft, exchange.stream) {
+                routed.ttft.record(ttft.as_secs_f64());
+            }
+            if let Some(usage) = exchange.usage {
+                if let Some(tokens) = usage.prompt_tokens {
+                    routed.prompt_tokens.increment(tokens);
+                }
+                if let Some(tokens) = usage.completion_tokens {
+                    routed.completion_tokens.increment(tokens);
+                }
+            }
         }
         if let Some(class) = exchange
             .upstream_error_class
             .filter(|class| *class != "client")
         {
             metrics::counter!(names::UPSTREAM_ERRORS, "provider" => provider.to_owned(), "class" => class).increment(1);
-        }
-        if let Some(usage) = exchange.usage {
-            if let Some(tokens) = usage.prompt_tokens {
-                metrics::counter!(names::TOKENS, "provider" => provider.to_owned(), "model" => model.to_owned(), "kind" => "prompt").increment(tokens);
-            }
-            if let Some(tokens) = usage.completion_tokens {
-                metrics::counter!(names::TOKENS, "provider" => provider.to_owned(), "model" => model.to_owned(), "kind" => "completion").increment(tokens);
-            }
         }
         self.log_writer.submit(RequestLogRow {
             seq: 0,
@@ -143,6 +144,61 @@ impl Gateway {
                 .map(|t| t as i64),
             error: exchange.error.clone(),
         });
+    }
+}
+
+/// Registered metric handles for one label combination. Looking a metric up by name and
+/// labels allocates and hashes the labels; under load that was several lookups per request.
+struct Handles {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+    /// Only for requests routed to a provider.
+    routed: Option<RoutedHandles>,
+}
+
+struct RoutedHandles {
+    overhead: metrics::Histogram,
+    ttft: metrics::Histogram,
+    prompt_tokens: metrics::Counter,
+    completion_tokens: metrics::Counter,
+}
+
+/// endpoint, model label, provider, status label — all bounded sets.
+type HandleKey = (&'static str, String, String, &'static str);
+
+impl Gateway {
+    fn handles(
+        &self,
+        endpoint: &'static str,
+        model: &str,
+        provider: &str,
+        status: &'static str,
+    ) -> Arc<Handles> {
+        let key: HandleKey = (endpoint, model.to_owned(), provider.to_owned(), status);
+        // Each HTTP worker has its own `Gateway`, so this lock is not contended.
+        if let Some(handles) = self
+            .handles
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&key).cloned())
+        {
+            return handles;
+        }
+        let routed = (!provider.is_empty()).then(|| RoutedHandles {
+            overhead: metrics::histogram!(names::OVERHEAD_DURATION, "endpoint" => endpoint),
+            ttft: metrics::histogram!(names::TIME_TO_FIRST_TOKEN, "provider" => provider.to_owned()),
+            prompt_tokens: metrics::counter!(names::TOKENS, "provider" => provider.to_owned(), "model" => model.to_owned(), "kind" => "prompt"),
+            completion_tokens: metrics::counter!(names::TOKENS, "provider" => provider.to_owned(), "model" => model.to_owned(), "kind" => "completion"),
+        });
+        let handles = Arc::new(Handles {
+            requests: metrics::counter!(names::REQUESTS, "endpoint" => endpoint, "model" => model.to_owned(), "provider" => provider.to_owned(), "status" => status),
+            duration: metrics::histogram!(names::REQUEST_DURATION, "endpoint" => endpoint, "provider" => provider.to_owned()),
+            routed,
+        });
+        if let Ok(mut cache) = self.handles.lock() {
+            cache.insert(key, handles.clone());
+        }
+        handles
     }
 }
 
