@@ -146,21 +146,6 @@ pub(crate) async fn authenticate(
     keys.authenticate(presented).await
 }
 
-/// Any valid key.
-pub(crate) async fn require_key(
-    State(gateway): State<Arc<Gateway>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match authenticate(request.headers(), &gateway.keys).await {
-        Ok(principal) => {
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
-        Err(error) => error.into_response(),
-    }
-}
-
 /// The admin key only.
 pub(crate) async fn require_admin(
     State(gateway): State<Arc<Gateway>>,

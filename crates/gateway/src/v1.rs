@@ -40,7 +40,7 @@ fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
     }
 }
 
-/// Puts what the handler learned on the response, for the `observe` middleware.
+/// Puts what the handler learned on the response, for the `data_plane` middleware.
 fn finish(result: Result<Response, ApiError>, mut exchange: Exchange) -> Response {
     let mut response = match result {
         Ok(response) => response,
