@@ -80,7 +80,10 @@ impl Store {
             // lose the last commits, which is the documented trade-off for log-heavy writes.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // SQLite allocates with the C allocator, outside the gateway's; the soft limit
+            // (process-wide) makes it shed page cache instead of growing with the database.
+            .pragma("soft_heap_limit", "8388608");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
