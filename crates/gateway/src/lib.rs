@@ -397,12 +397,12 @@ async fn live() -> Response {
     axum::Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-/// Ready when storage answers within two seconds.
+/// Ready when storage accepts a write within two seconds.
 async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
-    match tokio::time::timeout(Duration::from_secs(2), gateway.store.ping()).await {
+    match tokio::time::timeout(Duration::from_secs(2), gateway.store.check_writable()).await {
         Ok(Ok(())) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
         Ok(Err(error)) => not_ready(&providers::error_chain(&error)),
-        Err(_) => not_ready("storage did not answer within 2 s"),
+        Err(_) => not_ready("storage did not accept a write within 2 s"),
     }
 }
 

@@ -47,6 +47,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// For readiness probes, which use a connection of their own (see `check_writable`).
+    probe_options: SqliteConnectOptions,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -84,6 +86,7 @@ impl Store {
             // SQLite allocates with the C allocator, outside the gateway's; the soft limit
             // (process-wide) makes it shed page cache instead of growing with the database.
             .pragma("soft_heap_limit", "8388608");
+        let probe_options = options.clone().busy_timeout(Duration::from_secs(1));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
@@ -94,12 +97,25 @@ impl Store {
             .run(&pool)
             .await
             .map_err(StoreError::Migrate)?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            probe_options,
+        })
     }
 
-    /// A cheap round trip, for readiness checks.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+    /// Whether storage can take writes now, for readiness checks: takes the write lock and
+    /// releases it. A plain `SELECT 1` would pass while another process holds the database
+    /// locked, because WAL readers never wait. The probe opens its own connection with a
+    /// one-second busy timeout, so a caller's timeout can never return a pooled connection
+    /// in the middle of a transaction; dropping this one closes it (and rolls back).
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        use sqlx::Connection as _;
+        let mut connection = sqlx::SqliteConnection::connect_with(&self.probe_options).await?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut connection)
+            .await?;
+        sqlx::query("ROLLBACK").execute(&mut connection).await?;
+        connection.close().await?;
         Ok(())
     }
 

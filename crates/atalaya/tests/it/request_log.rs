@@ -105,8 +105,14 @@ async fn a_locked_database_slows_nothing_and_loses_nothing() {
     })
     .await;
     assert!(metric(&server, "atalaya_request_log_rows_pending").await >= 20.0);
+    // Storage that cannot take writes is not ready.
+    let (status, body) = get(&format!("{}/health/ready", server.url()), "").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable");
     sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
     blocker.close().await.unwrap();
+    let (status, _) = get(&format!("{}/health/ready", server.url()), "").await;
+    assert_eq!(status, 200);
 
     eventually(Duration::from_secs(15), || async {
         (log_rows(&server).await.len() == 21).then_some(())
