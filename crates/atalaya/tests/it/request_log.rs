@@ -161,3 +161,41 @@ async fn shutdown_writes_what_is_buffered() {
         .unwrap();
     assert_eq!(count, 12);
 }
+
+#[tokio::test]
+async fn a_full_buffer_drops_rows_counts_them_and_keeps_the_rest() {
+    let server = serve(ServeOptions {
+        config: "[request_log]\nbuffer_rows = 5\nbatch_size = 1\nflush_interval_ms = 50\n",
+        ..ServeOptions::default()
+    });
+    let chat = format!("{}/v1/chat/completions", server.url());
+    let url = format!("sqlite://{}", server.database().display());
+    let mut blocker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    for _ in 0..30 {
+        let (status, _, _) = post(&chat, ADMIN_KEY, &chat_body("sim-chat", false)).await;
+        assert_eq!(status, 200);
+    }
+    let dropped = eventually(Duration::from_secs(15), || async {
+        let dropped = metric(&server, "atalaya_request_log_rows_dropped_total").await;
+        (dropped >= 20.0).then_some(dropped)
+    })
+    .await;
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+    let kept = 30 - dropped as usize;
+    eventually(Duration::from_secs(15), || async {
+        (log_rows(&server).await.len() == kept).then_some(())
+    })
+    .await;
+    // Nothing further is lost or duplicated once storage is back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(log_rows(&server).await.len(), kept);
+    assert_eq!(
+        metric(&server, "atalaya_request_log_rows_dropped_total").await,
+        dropped
+    );
+}
