@@ -93,10 +93,9 @@ impl Gateway {
         let total = context.started.elapsed();
         let status_label = status_label(status);
         // Only configured names become labels (see `Route::label`).
-        let model = exchange.model_label.as_deref().unwrap_or("");
         let provider = exchange.provider.as_deref().unwrap_or("");
         let endpoint = context.endpoint;
-        let handles = self.handles(endpoint, model, provider, status_label);
+        let handles = self.handles(endpoint, exchange, status_label);
         handles.requests.increment(1);
         handles.duration.record(total.as_secs_f64());
         if let Some(routed) = &handles.routed {
@@ -164,17 +163,29 @@ struct RoutedHandles {
 }
 
 /// endpoint, model label, provider, status label — all bounded sets.
-type HandleKey = (&'static str, String, String, &'static str);
+type HandleKey = (
+    &'static str,
+    Option<Arc<str>>,
+    Option<Arc<str>>,
+    &'static str,
+);
 
 impl Gateway {
     fn handles(
         &self,
         endpoint: &'static str,
-        model: &str,
-        provider: &str,
+        exchange: &Exchange,
         status: &'static str,
     ) -> Arc<Handles> {
-        let key: HandleKey = (endpoint, model.to_owned(), provider.to_owned(), status);
+        // Cloning the labels' `Arc`s costs no allocation; `String` keys cost two a request.
+        let key: HandleKey = (
+            endpoint,
+            exchange.model_label.clone(),
+            exchange.provider.clone(),
+            status,
+        );
+        let model = exchange.model_label.as_deref().unwrap_or("");
+        let provider = exchange.provider.as_deref().unwrap_or("");
         // Each HTTP worker has its own `Gateway`, so this lock is not contended.
         if let Some(handles) = self
             .handles

@@ -189,25 +189,11 @@ pub(crate) struct OpenAiUpstream {
     client: reqwest::Client,
     chat_url: url::Url,
     embeddings_url: url::Url,
-    headers: HeaderMap,
     pub timeout: Duration,
 }
 
 impl OpenAiUpstream {
     fn new(settings: &ProviderSettings) -> Result<Self, ProviderError> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("atalaya/", env!("CARGO_PKG_VERSION")))
-            // Nagle's algorithm meeting delayed ACKs stalls small request writes by ~40 ms.
-            .tcp_nodelay(true)
-            .connect_timeout(settings.connect_timeout)
-            // Per read: bounds the silence between streamed chunks, not the whole answer.
-            .read_timeout(settings.stream_idle_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|source| ProviderError::Client {
-                provider: settings.name.clone(),
-                source,
-            })?;
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -222,6 +208,21 @@ impl OpenAiUpstream {
             value.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, value);
         }
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("atalaya/", env!("CARGO_PKG_VERSION")))
+            // Set once on the client rather than cloned into every request.
+            .default_headers(headers)
+            // Nagle's algorithm meeting delayed ACKs stalls small request writes by ~40 ms.
+            .tcp_nodelay(true)
+            .connect_timeout(settings.connect_timeout)
+            // Per read: bounds the silence between streamed chunks, not the whole answer.
+            .read_timeout(settings.stream_idle_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|source| ProviderError::Client {
+                provider: settings.name.clone(),
+                source,
+            })?;
         let base_url = settings.base_url.trim_end_matches('/');
         let parse = |path: &str| {
             url::Url::parse(&format!("{base_url}{path}")).map_err(|source| ProviderError::BaseUrl {
@@ -233,7 +234,6 @@ impl OpenAiUpstream {
             client,
             chat_url: parse("/chat/completions")?,
             embeddings_url: parse("/embeddings")?,
-            headers,
             timeout: settings.timeout,
         })
     }
@@ -250,11 +250,7 @@ impl OpenAiUpstream {
             Endpoint::Chat => &self.chat_url,
             Endpoint::Embeddings => &self.embeddings_url,
         };
-        let mut request = self
-            .client
-            .post(url.clone())
-            .headers(self.headers.clone())
-            .body(body);
+        let mut request = self.client.post(url.clone()).body(body);
         if let Ok(value) = HeaderValue::from_str(request_id) {
             request = request.header("x-request-id", value);
         }
