@@ -93,13 +93,18 @@ for line in open(sys.argv[1]):
     fields = dict(re.findall(r"(\w+)=([\d.]+)", line))
     rows[(name, body, conns)] = fields
 print()
-print(f"{'scenario':<28}{'target':<9}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu ms/req':>12}{'errors':>8}{'vs nginx':>10}")
+print("p50+ / p99+ = latency added over calling mock-provider directly; vs nginx = rps ratio")
+print(f"{'scenario':<24}{'target':<9}{'rps':>9}{'p50 ms':>8}{'p99 ms':>8}{'p50+ ms':>9}{'p99+ ms':>9}{'cpu ms/req':>11}{'errors':>7}{'vs nginx':>9}")
 for (name, body, conns), f in rows.items():
     nginx = rows.get(("nginx", body, conns))
+    direct = rows.get(("mock", body, conns))
     ratio = f"{float(f['rps']) / float(nginx['rps']) * 100:.0f}%" if nginx else ""
     errors = int(f["errors"]) + int(f["non2xx"])
-    print(f"{body + ' ' + conns:<28}{name:<9}{float(f['rps']):>10.0f}{int(f['p50'])/1000:>9.2f}{int(f['p99'])/1000:>9.2f}"
-          f"{float(f['cpu_ms_per_req']):>12.3f}{errors:>8}{ratio:>10}")
+    p50, p99 = int(f["p50"]) / 1000, int(f["p99"]) / 1000
+    added50 = f"{p50 - int(direct['p50']) / 1000:.2f}" if direct and name != "mock" else "-"
+    added99 = f"{p99 - int(direct['p99']) / 1000:.2f}" if direct and name != "mock" else "-"
+    print(f"{body + ' ' + conns:<24}{name:<9}{float(f['rps']):>9.0f}{p50:>8.2f}{p99:>8.2f}{added50:>9}{added99:>9}"
+          f"{float(f['cpu_ms_per_req']):>11.3f}{errors:>7}{ratio:>9}")
 print()
 print(f"atalaya peak RSS: {int(sys.argv[2]) / 1024:.1f} MB; request-log rows written: {sys.argv[3]}, dropped: {sys.argv[4]}")
 PY
