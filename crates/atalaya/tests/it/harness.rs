@@ -314,3 +314,12 @@ pub async fn metric(server: &Server, name: &str) -> f64 {
         .and_then(|value| value.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Sends `count` sim chat completions with the admin key; each must succeed.
+pub async fn send_chats(server: &Server, count: usize) {
+    let url = format!("{}/v1/chat/completions", server.url());
+    for _ in 0..count {
+        let (status, _, body) = post(&url, ADMIN_KEY, &chat_body("sim-chat", false)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}

@@ -11,14 +11,7 @@ use crate::harness::*;
 async fn every_request_gets_a_row_and_pages_are_stable() {
     let server = serve(ServeOptions::default());
     let chat = format!("{}/v1/chat/completions", server.url());
-    for _ in 0..5 {
-        assert_eq!(
-            post(&chat, ADMIN_KEY, &chat_body("sim-chat", false))
-                .await
-                .0,
-            200
-        );
-    }
+    send_chats(&server, 5).await;
     assert_eq!(
         post(&chat, ADMIN_KEY, &chat_body("nope", false)).await.0,
         404
@@ -91,10 +84,7 @@ async fn a_locked_database_slows_nothing_and_loses_nothing() {
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    for _ in 0..20 {
-        let (status, _, _) = post(&chat, ADMIN_KEY, &chat_body("sim-chat", false)).await;
-        assert_eq!(status, 200);
-    }
+    send_chats(&server, 20).await;
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "requests waited on the database: {:?}",
@@ -137,15 +127,7 @@ async fn shutdown_writes_what_is_buffered() {
         config: "[request_log]\nflush_interval_ms = 60000\nbatch_size = 1000\n",
         ..ServeOptions::default()
     });
-    let chat = format!("{}/v1/chat/completions", server.url());
-    for _ in 0..12 {
-        assert_eq!(
-            post(&chat, ADMIN_KEY, &chat_body("sim-chat", false))
-                .await
-                .0,
-            200
-        );
-    }
+    send_chats(&server, 12).await;
     // Nothing is flushed yet: the interval is a minute and the batch is not full.
     let status = server.process.terminate();
     assert!(
@@ -168,17 +150,13 @@ async fn a_full_buffer_drops_rows_counts_them_and_keeps_the_rest() {
         config: "[request_log]\nbuffer_rows = 5\nbatch_size = 1\nflush_interval_ms = 50\n",
         ..ServeOptions::default()
     });
-    let chat = format!("{}/v1/chat/completions", server.url());
     let url = format!("sqlite://{}", server.database().display());
     let mut blocker = sqlx::SqliteConnection::connect(&url).await.unwrap();
     sqlx::query("BEGIN EXCLUSIVE")
         .execute(&mut blocker)
         .await
         .unwrap();
-    for _ in 0..30 {
-        let (status, _, _) = post(&chat, ADMIN_KEY, &chat_body("sim-chat", false)).await;
-        assert_eq!(status, 200);
-    }
+    send_chats(&server, 30).await;
     let dropped = eventually(Duration::from_secs(15), || async {
         let dropped = metric(&server, "atalaya_request_log_rows_dropped_total").await;
         (dropped >= 20.0).then_some(dropped)
