@@ -1,0 +1,141 @@
+//! Small JSON helpers shared by the decoders: top-level objects as raw fields, typed field
+//! reads with errors that name the field.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::TranslateError;
+
+/// A JSON object's fields in order, values left unparsed.
+pub(crate) struct RawObject<'a>(pub Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = RawObject<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    fields.push((key, value));
+                }
+                Ok(RawObject(fields))
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+pub(crate) fn parse_object(body: &[u8]) -> Result<RawObject<'_>, TranslateError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(TranslateError::invalid(
+            None,
+            "The request body is empty; send a JSON object.",
+        ));
+    }
+    serde_json::from_slice::<RawObject<'_>>(body).map_err(|error| {
+        TranslateError::invalid(
+            None,
+            format!("The request body is not valid JSON ({error}); send a JSON object with Content-Type: application/json."),
+        )
+    })
+}
+
+/// The JSON kind of a raw value, from its first byte.
+pub(crate) fn kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+pub(crate) fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
+}
+
+/// Reads `raw` as `T`, or says which field was wrong and what it should have been.
+pub(crate) fn field<T: DeserializeOwned>(
+    raw: &RawValue,
+    name: &str,
+    expected: &str,
+) -> Result<T, TranslateError> {
+    serde_json::from_str(raw.get()).map_err(|error| {
+        let detail = error.to_string();
+        let detail = detail.split(" at line").next().unwrap_or(&detail);
+        TranslateError::invalid(
+            Some(name.to_owned()),
+            format!(
+                "Invalid '{name}': expected {expected}, but got {} ({detail}).",
+                kind(raw)
+            ),
+        )
+    })
+}
+
+/// Same as [`field`] for a parsed value.
+pub(crate) fn value_field<T: DeserializeOwned>(
+    value: &Value,
+    name: &str,
+    expected: &str,
+) -> Result<T, TranslateError> {
+    T::deserialize(value).map_err(|error| {
+        TranslateError::invalid(
+            Some(name.to_owned()),
+            format!("Invalid '{name}': expected {expected} ({error})."),
+        )
+    })
+}
+
+pub(crate) fn missing(name: &str) -> TranslateError {
+    TranslateError::invalid(
+        Some(name.to_owned()),
+        format!("Missing required parameter: '{name}'."),
+    )
+}
+
+/// Parses tool-call arguments for formats that carry them as objects.
+pub(crate) fn arguments_object(arguments: &str) -> Result<Value, String> {
+    if arguments.trim().is_empty() {
+        return Ok(Value::Object(serde_json::Map::new()));
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(other) => Err(format!("expected a JSON object, got {other}")),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Writes a JSON value to text; serialising a `Value` cannot fail.
+pub(crate) fn to_text(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+pub(crate) fn to_vec<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// An SSE frame `data: <json>\n\n`, optionally with an `event:` line.
+pub(crate) fn sse_frame<T: serde::Serialize>(out: &mut Vec<u8>, event: Option<&str>, value: &T) {
+    if let Some(event) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(event.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"\n\n");
+}
