@@ -17,7 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (embedded SQLite and the built-in `sim` provider by default).
     Serve(ServeArgs),
-    /// Run the provider simulator, an OpenAI-compatible upstream for tests and benchmarks.
+    /// Run the provider simulator (OpenAI, Azure, Anthropic, Gemini, Cohere and Bedrock
+    /// formats) for tests and benchmarks.
     MockProvider(MockArgs),
     /// Create, list and revoke virtual API keys on a running server.
     Keys(KeysArgs),
@@ -58,6 +59,18 @@ pub struct MockArgs {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
+    /// The AWS access key id Bedrock requests must be signed with.
+    #[arg(long, value_name = "ID", default_value = mock_provider::DEFAULT_AWS_ACCESS_KEY_ID)]
+    pub aws_access_key_id: String,
+    /// The AWS secret access key Bedrock requests must be signed with.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "MOCK_PROVIDER_AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        default_value = mock_provider::DEFAULT_AWS_SECRET_ACCESS_KEY
+    )]
+    pub aws_secret_access_key: String,
 }
 
 #[derive(Args)]

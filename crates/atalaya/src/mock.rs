@@ -17,6 +17,8 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
         latency: Duration::from_millis(args.latency_ms),
         tokens_per_second: args.tokens_per_second,
         api_key: args.api_key,
+        aws_access_key_id: args.aws_access_key_id,
+        aws_secret_access_key: args.aws_secret_access_key,
         ..MockConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)

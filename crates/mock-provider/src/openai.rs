@@ -77,6 +77,11 @@ impl ApiError {
 #[derive(Debug, Clone)]
 pub struct ChatParams {
     pub model: String,
+    pub tools: Vec<sim::ToolSpec>,
+    pub tool_mode: sim::ToolMode,
+    pub last_is_tool_result: bool,
+    /// The schema to answer in, when JSON output was asked for.
+    pub json_schema: Option<serde_json::Value>,
     pub stream: bool,
     pub include_usage: bool,
     pub max_tokens: Option<u32>,
@@ -96,6 +101,24 @@ struct ChatBody {
     max_completion_tokens: Option<u32>,
     n: Option<u32>,
     seed: Option<i64>,
+    #[serde(default)]
+    tools: Vec<WireTool>,
+    #[serde(default)]
+    tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    response_format: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct WireTool {
+    function: WireFunction,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    parameters: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -183,8 +206,58 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatParams, ApiError> {
         ));
     }
     let stream = chat.stream.unwrap_or(false);
+    let tools: Vec<sim::ToolSpec> = chat
+        .tools
+        .into_iter()
+        .map(|tool| sim::ToolSpec {
+            name: tool.function.name,
+            schema: tool
+                .function
+                .parameters
+                .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+        })
+        .collect();
+    let tool_mode = match &chat.tool_choice {
+        Some(serde_json::Value::String(word)) if word == "none" => sim::ToolMode::None,
+        Some(serde_json::Value::String(word)) if word == "required" => sim::ToolMode::Required,
+        Some(serde_json::Value::Object(choice)) => {
+            let name = choice
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(|n| n.as_str())
+                .unwrap_or_default();
+            if !tools.iter().any(|t| t.name == name) {
+                return Err(ApiError::invalid_request(
+                    format!(
+                        "Invalid value for 'tool_choice': function '{name}' is not among the provided tools."
+                    ),
+                    Some("tool_choice"),
+                    None,
+                ));
+            }
+            sim::ToolMode::Named(name.to_owned())
+        }
+        _ => sim::ToolMode::Auto,
+    };
+    let json_schema = chat.response_format.as_ref().and_then(|format| {
+        match format.get("type").and_then(|t| t.as_str()) {
+            Some("json_object") => Some(serde_json::json!({"type": "object"})),
+            Some("json_schema") => Some(
+                format
+                    .get("json_schema")
+                    .and_then(|s| s.get("schema"))
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+            ),
+            _ => None,
+        }
+    });
     Ok(ChatParams {
         model,
+        tools,
+        tool_mode,
+        last_is_tool_result: messages.last().is_some_and(|m| m.role == "tool"),
+        json_schema,
         stream,
         include_usage: stream && chat.stream_options.is_some_and(|o| o.include_usage),
         max_tokens: chat.max_completion_tokens.or(chat.max_tokens),
@@ -199,12 +272,17 @@ pub struct ChatAnswer {
     pub id: String,
     pub created: u64,
     pub model: String,
-    pub replies: Vec<sim::Reply>,
+    pub replies: Vec<sim::Output>,
     pub prompt_tokens: u32,
     pub include_usage: bool,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A process-wide counter that keeps generated ids unique.
+pub fn next_counter() -> u64 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -215,12 +293,16 @@ pub fn unix_now() -> u64 {
 
 impl ChatAnswer {
     pub fn generate(params: &ChatParams) -> Self {
-        let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let counter = next_counter();
         let replies = (0..params.choices)
             .map(|choice| {
-                sim::reply(
+                sim::decide(
                     params.seed.wrapping_add(u64::from(choice)),
                     params.max_tokens,
+                    &params.tools,
+                    &params.tool_mode,
+                    params.last_is_tool_result,
+                    params.json_schema.as_ref(),
                 )
             })
             .collect();
@@ -235,7 +317,7 @@ impl ChatAnswer {
     }
 
     pub fn completion_tokens(&self) -> u32 {
-        self.replies.iter().map(sim::Reply::tokens).sum()
+        self.replies.iter().map(sim::Output::tokens).sum()
     }
 
     fn usage(&self) -> Usage {
@@ -263,16 +345,40 @@ impl ChatAnswer {
             .replies
             .iter()
             .enumerate()
-            .map(|(index, reply)| Choice {
-                index: index as u32,
-                message: AssistantMessage {
-                    role: "assistant",
-                    content: reply.text(),
-                    refusal: None,
-                    annotations: [],
+            .map(|(index, output)| match output {
+                sim::Output::Text(reply) => Choice {
+                    index: index as u32,
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content: Some(reply.text()),
+                        refusal: None,
+                        tool_calls: None,
+                        annotations: [],
+                    },
+                    logprobs: None,
+                    finish_reason: reply.finish_reason.as_str(),
                 },
-                logprobs: None,
-                finish_reason: reply.finish_reason.as_str(),
+                sim::Output::Call {
+                    name, arguments, ..
+                } => Choice {
+                    index: index as u32,
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content: None,
+                        refusal: None,
+                        tool_calls: Some(vec![ToolCallOut {
+                            id: output.call_id("call_"),
+                            kind: "function",
+                            function: FunctionOut {
+                                name: name.clone(),
+                                arguments: arguments.clone(),
+                            },
+                        }]),
+                        annotations: [],
+                    },
+                    logprobs: None,
+                    finish_reason: "tool_calls",
+                },
             })
             .collect();
         serde_json::to_vec(&Completion {
@@ -292,37 +398,52 @@ impl ChatAnswer {
     /// frame; the last is `data: [DONE]`.
     pub fn events(&self) -> Vec<Bytes> {
         let mut events = Vec::new();
-        for (index, reply) in self.replies.iter().enumerate() {
+        for (index, output) in self.replies.iter().enumerate() {
             let index = index as u32;
-            events.push(self.chunk(
-                index,
-                Delta {
-                    role: Some("assistant"),
-                    content: Some(""),
-                    refusal: Some(None),
-                },
-                None,
-            ));
-            for piece in &reply.pieces {
-                events.push(self.chunk(
-                    index,
-                    Delta {
-                        role: None,
-                        content: Some(piece),
-                        refusal: None,
-                    },
-                    None,
-                ));
+            match output {
+                sim::Output::Text(reply) => {
+                    events.push(self.chunk(index, Delta::role(), None));
+                    for piece in &reply.pieces {
+                        events.push(self.chunk(index, Delta::content(piece), None));
+                    }
+                    events.push(self.chunk(
+                        index,
+                        Delta::empty(),
+                        Some(reply.finish_reason.as_str()),
+                    ));
+                }
+                sim::Output::Call { name, .. } => {
+                    let id = output.call_id("call_");
+                    let mut first = Delta::empty();
+                    first.role = Some("assistant");
+                    first.content = Some(None);
+                    first.refusal = Some(None);
+                    first.tool_calls = Some(vec![ToolCallDelta {
+                        index: 0,
+                        id: Some(&id),
+                        kind: Some("function"),
+                        function: FunctionDelta {
+                            name: Some(name),
+                            arguments: "",
+                        },
+                    }]);
+                    events.push(self.chunk(index, first, None));
+                    for piece in output.pieces() {
+                        let mut delta = Delta::empty();
+                        delta.tool_calls = Some(vec![ToolCallDelta {
+                            index: 0,
+                            id: None,
+                            kind: None,
+                            function: FunctionDelta {
+                                name: None,
+                                arguments: &piece,
+                            },
+                        }]);
+                        events.push(self.chunk(index, delta, None));
+                    }
+                    events.push(self.chunk(index, Delta::empty(), Some("tool_calls")));
+                }
             }
-            events.push(self.chunk(
-                index,
-                Delta {
-                    role: None,
-                    content: None,
-                    refusal: None,
-                },
-                Some(reply.finish_reason.as_str()),
-            ));
         }
         if self.include_usage {
             let chunk = Chunk {
@@ -398,9 +519,25 @@ struct Choice<'a> {
 #[derive(Serialize)]
 struct AssistantMessage {
     role: &'static str,
-    content: String,
+    content: Option<String>,
     refusal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<ToolCallOut>>,
     annotations: [(); 0],
+}
+
+#[derive(Serialize)]
+struct ToolCallOut {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionOut,
+}
+
+#[derive(Serialize)]
+struct FunctionOut {
+    name: String,
+    arguments: String,
 }
 
 #[derive(Serialize)]
@@ -452,9 +589,55 @@ struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
+    content: Option<Option<&'a str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refusal: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+impl<'a> Delta<'a> {
+    fn empty() -> Self {
+        Delta {
+            role: None,
+            content: None,
+            refusal: None,
+            tool_calls: None,
+        }
+    }
+
+    fn role() -> Self {
+        Delta {
+            role: Some("assistant"),
+            content: Some(Some("")),
+            refusal: Some(None),
+            tool_calls: None,
+        }
+    }
+
+    fn content(text: &'a str) -> Self {
+        Delta {
+            content: Some(Some(text)),
+            ..Delta::empty()
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ToolCallDelta<'a> {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionDelta<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
 }
 
 /// What the simulator needs from an embeddings request.

@@ -240,3 +240,212 @@ pub fn embedding(input: &[u8], dimensions: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests;
+
+/// A tool the simulated model may call, with the JSON Schema of its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub schema: serde_json::Value,
+}
+
+/// Whether and which tool the request allows or forces.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolMode {
+    #[default]
+    Auto,
+    None,
+    Required,
+    Named(String),
+}
+
+/// What the simulated model does in one turn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Text(Reply),
+    /// A call of one tool; `arguments` is JSON text matching the tool's schema.
+    Call {
+        id_seed: u64,
+        name: String,
+        arguments: String,
+    },
+}
+
+impl Output {
+    /// The pieces a stream sends: words of the text, or slices of the arguments.
+    pub fn pieces(&self) -> Vec<String> {
+        match self {
+            Output::Text(reply) => reply.pieces.clone(),
+            Output::Call { arguments, .. } => {
+                let chars: Vec<char> = arguments.chars().collect();
+                chars.chunks(8).map(|c| c.iter().collect()).collect()
+            }
+        }
+    }
+
+    pub fn tokens(&self) -> u32 {
+        match self {
+            Output::Text(reply) => reply.tokens(),
+            Output::Call {
+                name, arguments, ..
+            } => estimate_tokens(name) + estimate_tokens(arguments),
+        }
+    }
+
+    /// The tool call id in a provider's style, e.g. `call_` or `toolu_01`.
+    pub fn call_id(&self, prefix: &str) -> String {
+        match self {
+            Output::Call { id_seed, .. } => format!("{prefix}{id_seed:016x}"),
+            Output::Text(_) => String::new(),
+        }
+    }
+}
+
+/// Decides the turn: a tool call when tools are offered and allowed (with `Auto`, only when
+/// the conversation does not end with a tool result, so a tool loop ends after one round),
+/// JSON matching `json_schema` when JSON output is asked for, text otherwise.
+pub fn decide(
+    seed: u64,
+    max_tokens: Option<u32>,
+    tools: &[ToolSpec],
+    mode: &ToolMode,
+    last_is_tool_result: bool,
+    json_schema: Option<&serde_json::Value>,
+) -> Output {
+    let chosen = match mode {
+        ToolMode::None => None,
+        ToolMode::Named(name) => tools.iter().find(|t| &t.name == name),
+        ToolMode::Required => tools.first(),
+        ToolMode::Auto if last_is_tool_result => None,
+        ToolMode::Auto => tools.first(),
+    };
+    if let Some(tool) = chosen {
+        let mut sequence = Sequence::new(seed ^ seed_of(tool.name.as_bytes()));
+        let arguments = arguments_for(&tool.schema, &mut sequence, 0);
+        return Output::Call {
+            id_seed: sequence.next_u64(),
+            name: tool.name.clone(),
+            arguments: serde_json::to_string(&arguments).unwrap_or_else(|_| "{}".to_owned()),
+        };
+    }
+    if let Some(schema) = json_schema {
+        let mut sequence = Sequence::new(seed);
+        let value = match schema.get("type").and_then(|t| t.as_str()) {
+            Some("object") | None if schema.get("properties").is_some() => {
+                arguments_for(schema, &mut sequence, 0)
+            }
+            _ => serde_json::json!({"answer": reply(seed, None).text()}),
+        };
+        let text = serde_json::to_string(&value).unwrap_or_else(|_| "{}".to_owned());
+        let chars: Vec<char> = text.chars().collect();
+        return Output::Text(Reply {
+            pieces: chars.chunks(6).map(|c| c.iter().collect()).collect(),
+            finish_reason: FinishReason::Stop,
+        });
+    }
+    Output::Text(reply(seed, max_tokens))
+}
+
+/// A value of the shape `schema` describes: objects get their required properties (all of
+/// them when none are listed), enums their first value.
+pub fn arguments_for(
+    schema: &serde_json::Value,
+    sequence: &mut Sequence,
+    depth: usize,
+) -> serde_json::Value {
+    use serde_json::{Value, json};
+    if let Some(first) = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|v| v.first())
+    {
+        return first.clone();
+    }
+    let kind = match schema.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(Value::Array(kinds)) => kinds
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|k| *k != "null")
+            .unwrap_or("string"),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "string",
+    };
+    match kind {
+        "object" if depth < 4 => {
+            let mut out = serde_json::Map::new();
+            if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+                let required: Vec<&str> = schema
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_else(|| properties.keys().map(String::as_str).collect());
+                for (name, property) in properties {
+                    if required.contains(&name.as_str()) {
+                        out.insert(name.clone(), arguments_for(property, sequence, depth + 1));
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        "object" => json!({}),
+        "array" => match schema.get("items") {
+            Some(items) if depth < 4 => json!([arguments_for(items, sequence, depth + 1)]),
+            _ => json!([]),
+        },
+        "integer" => json!(sequence.next_u64() % 100),
+        "number" => json!((sequence.next_u64() % 10_000) as f64 / 100.0),
+        "boolean" => json!(sequence.next_u64().is_multiple_of(2)),
+        "null" => Value::Null,
+        _ => json!(WORDS[(sequence.next_u64() % WORDS.len() as u64) as usize]),
+    }
+}
+
+/// A chat request as every simulated format reduces it: enough to decide the turn.
+#[derive(Debug, Clone, Default)]
+pub struct Prompt {
+    pub model: String,
+    pub stream: bool,
+    pub max_tokens: Option<u32>,
+    pub prompt_tokens: u32,
+    pub seed: u64,
+    pub tools: Vec<ToolSpec>,
+    pub tool_mode: ToolMode,
+    pub last_is_tool_result: bool,
+    pub json_schema: Option<serde_json::Value>,
+}
+
+impl Prompt {
+    /// Starts a prompt from its messages' (role, text) pairs: the seed and token count are
+    /// functions of them, as in every format.
+    pub fn from_texts<'a>(
+        model: String,
+        texts: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Prompt {
+        let mut seed_input = Vec::new();
+        let mut bodies = Vec::new();
+        for (role, text) in texts {
+            seed_input.extend_from_slice(role.as_bytes());
+            seed_input.push(0);
+            seed_input.extend_from_slice(text.as_bytes());
+            seed_input.push(0);
+            bodies.push(text);
+        }
+        Prompt {
+            model,
+            prompt_tokens: chat_prompt_tokens(bodies),
+            seed: seed_of(&seed_input),
+            ..Prompt::default()
+        }
+    }
+
+    pub fn output(&self) -> Output {
+        decide(
+            self.seed,
+            self.max_tokens,
+            &self.tools,
+            &self.tool_mode,
+            self.last_is_tool_result,
+            self.json_schema.as_ref(),
+        )
+    }
+}
