@@ -22,6 +22,19 @@ pub enum Command {
     MockProvider(MockArgs),
     /// Create, list and revoke virtual API keys on a running server.
     Keys(KeysArgs),
+    /// Show which providers the configuration and environment switch on, and why; and how to
+    /// switch on the others.
+    Providers(ProvidersArgs),
+}
+
+#[derive(Args)]
+pub struct ProvidersArgs {
+    /// Config file [default: ./atalaya.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

@@ -8,7 +8,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use atalaya_gateway::{GatewayConfig, ModelAlias, ProviderKind, ProviderSettings, SimSettings};
+use atalaya_gateway::catalog::{Catalog, Feature, ModelInfo};
+use atalaya_gateway::presets::{self, Preset};
+use atalaya_gateway::{
+    AwsSettings, GatewayConfig, ModelAlias, ProviderKind, ProviderSettings, SimSettings,
+};
 use atalaya_store::LogWriterConfig;
 use atalaya_telemetry::LogFormat;
 use secrecy::SecretString;
@@ -71,6 +75,7 @@ struct RawConfig {
     sim: RawSim,
     providers: Vec<RawProvider>,
     models: Vec<RawModel>,
+    catalog: RawCatalog,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,9 +131,32 @@ enum AutoWord {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCatalog {
+    price_file: Option<String>,
+    models: Vec<RawCatalogModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalogModel {
+    provider: String,
+    model: String,
+    context_window: Option<u64>,
+    max_output_tokens: Option<u64>,
+    input_per_million: Option<f64>,
+    output_per_million: Option<f64>,
+    cached_input_per_million: Option<f64>,
+    cache_write_per_million: Option<f64>,
+    #[serde(default)]
+    features: Vec<Feature>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
-    name: String,
+    /// Defaults to the type for presets.
+    name: Option<String>,
     #[serde(rename = "type")]
     kind: String,
     base_url: Option<String>,
@@ -139,6 +167,28 @@ struct RawProvider {
     connect_timeout_ms: Option<u64>,
     timeout_ms: Option<u64>,
     stream_idle_timeout_ms: Option<u64>,
+    /// Azure's `api-version`.
+    api_version: Option<String>,
+    /// Bedrock's region and credentials.
+    region: Option<String>,
+    aws_access_key_id: Option<String>,
+    aws_secret_access_key: Option<String>,
+    aws_session_token: Option<String>,
+    drop_unsupported_params: Option<bool>,
+    #[serde(default)]
+    quirks: RawQuirks,
+}
+
+/// Overrides of a preset's OpenAI dialect.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQuirks {
+    legacy_max_tokens: Option<bool>,
+    stream_options: Option<bool>,
+    tools: Option<bool>,
+    vision: Option<bool>,
+    top_k: Option<bool>,
+    reasoning_effort: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -425,20 +475,6 @@ fn set_in_value(
     }
 }
 
-const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
-/// Served under their own names when the `openai` preset is on.
-const OPENAI_MODELS: &[&str] = &[
-    "gpt-4o",
-    "gpt-4o-mini",
-    "gpt-4.1",
-    "gpt-4.1-mini",
-    "gpt-4.1-nano",
-    "o3-mini",
-    "o4-mini",
-    "text-embedding-3-small",
-    "text-embedding-3-large",
-];
-
 fn validate(
     raw: RawConfig,
     flags: &Flags,
@@ -525,39 +561,32 @@ fn validate(
         drain_timeout: defaults.drain_timeout,
     };
 
+    let catalog = build_catalog(raw.catalog, origins)?;
     let mut providers = Vec::new();
     for (index, provider) in raw.providers.into_iter().enumerate() {
         providers.push(validate_provider(
             provider,
             &format!("providers[{index}]"),
             origins,
-            "config file",
+            "config file".to_owned(),
+            env,
+            &catalog,
         )?);
     }
-    if let Some(key) = env.get("OPENAI_API_KEY").filter(|k| !k.is_empty())
-        && !providers.iter().any(|p| p.name == "openai")
-    {
-        let preset = RawProvider {
-            name: "openai".to_owned(),
-            kind: "openai".to_owned(),
-            base_url: env
-                .get("OPENAI_BASE_URL")
-                .filter(|u| !u.is_empty())
-                .cloned(),
-            api_key: Some(key.clone()),
-            ..RawProvider::default()
-        };
-        let source = if preset.base_url.is_some() {
-            "environment (OPENAI_API_KEY, OPENAI_BASE_URL)"
-        } else {
-            "environment (OPENAI_API_KEY)"
-        };
-        providers.push(validate_provider(
-            preset,
-            "OPENAI_API_KEY",
-            origins,
-            source,
-        )?);
+    for preset in presets::PRESETS {
+        if providers.iter().any(|p| p.name == preset.name) {
+            continue;
+        }
+        if let Some((raw, source)) = preset_from_env(preset, env) {
+            providers.push(validate_provider(
+                raw,
+                preset.name,
+                origins,
+                source,
+                env,
+                &catalog,
+            )?);
+        }
     }
     let sim_on = match raw.sim.enabled {
         None | Some(SimSwitch::Word(AutoWord::Auto)) => providers.is_empty(),
@@ -625,8 +654,133 @@ fn validate(
             sim,
             providers,
             models,
+            catalog,
         },
     })
+}
+/// The built-in catalog, a LiteLLM price file over it, then `[[catalog.models]]`.
+fn build_catalog(raw: RawCatalog, origins: &Origins) -> Result<Catalog, ConfigError> {
+    let mut catalog = Catalog::built_in().map_err(|e| error("catalog", origins, e.to_string()))?;
+    if let Some(path) = raw.price_file.filter(|p| !p.is_empty()) {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            error(
+                "catalog.price_file",
+                origins,
+                format!("cannot read {path}: {e}"),
+            )
+        })?;
+        catalog
+            .merge_litellm(&text)
+            .map_err(|e| error("catalog.price_file", origins, format!("{path}: {e}")))?;
+    }
+    for (index, model) in raw.models.into_iter().enumerate() {
+        let key = format!("catalog.models[{index}]");
+        for (field, price) in [
+            ("input_per_million", model.input_per_million),
+            ("output_per_million", model.output_per_million),
+            ("cached_input_per_million", model.cached_input_per_million),
+            ("cache_write_per_million", model.cache_write_per_million),
+        ] {
+            if price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+                return Err(error(
+                    format!("{key}.{field}"),
+                    origins,
+                    "must be a price of 0 or more (USD per million tokens)",
+                ));
+            }
+        }
+        catalog.insert(ModelInfo {
+            provider: model.provider,
+            model: model.model,
+            context_window: model.context_window,
+            max_output: model.max_output_tokens,
+            input_per_million: model.input_per_million,
+            output_per_million: model.output_per_million,
+            cached_input_per_million: model.cached_input_per_million,
+            cache_write_per_million: model.cache_write_per_million,
+            features: model.features,
+        });
+    }
+    Ok(catalog)
+}
+
+/// The first variable of `names` that is set and not empty.
+fn first_set<'a>(env: &'a Env, names: &[&'static str]) -> Option<(&'static str, &'a String)> {
+    names.iter().find_map(|name| {
+        env.get(*name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (*name, v))
+    })
+}
+
+/// A preset switched on by its usual environment variables, and which ones did it.
+fn preset_from_env(preset: &Preset, env: &Env) -> Option<(RawProvider, String)> {
+    let mut used = Vec::new();
+    let mut raw = RawProvider {
+        name: Some(preset.name.to_owned()),
+        kind: preset.name.to_owned(),
+        ..RawProvider::default()
+    };
+    let base = first_set(env, preset.base_url_env);
+    let key = first_set(env, preset.key_env);
+    match preset.kind {
+        ProviderKind::Bedrock => {
+            let (id_var, id) = key?;
+            let (secret_var, secret) = first_set(env, &["AWS_SECRET_ACCESS_KEY"])?;
+            used.extend([id_var, secret_var]);
+            raw.aws_access_key_id = Some(id.clone());
+            raw.aws_secret_access_key = Some(secret.clone());
+            if let Some((var, token)) = first_set(env, &["AWS_SESSION_TOKEN"]) {
+                used.push(var);
+                raw.aws_session_token = Some(token.clone());
+            }
+            if let Some((var, region)) = first_set(env, &["AWS_REGION", "AWS_DEFAULT_REGION"]) {
+                used.push(var);
+                raw.region = Some(region.clone());
+            }
+        }
+        ProviderKind::Azure => {
+            let (key_var, key) = key?;
+            base?;
+            used.push(key_var);
+            raw.api_key = Some(key.clone());
+            if let Some((var, version)) = first_set(env, &["OPENAI_API_VERSION"]) {
+                used.push(var);
+                raw.api_version = Some(version.clone());
+            }
+        }
+        _ if preset.key_required => {
+            let (key_var, key) = key?;
+            used.push(key_var);
+            raw.api_key = Some(key.clone());
+        }
+        _ => {
+            base?;
+            if let Some((key_var, key)) = key {
+                used.push(key_var);
+                raw.api_key = Some(key.clone());
+            }
+        }
+    }
+    if let Some((var, url)) = base {
+        used.push(var);
+        raw.base_url = Some(if var == "OLLAMA_HOST" {
+            ollama_url(url)
+        } else {
+            url.clone()
+        });
+    }
+    Some((raw, format!("environment ({})", used.join(", "))))
+}
+
+/// OLLAMA_HOST is `host:port` (maybe with a scheme), as the ollama CLI takes it.
+fn ollama_url(host: &str) -> String {
+    let host = host.trim_end_matches('/');
+    if host.contains("://") {
+        format!("{host}/v1")
+    } else {
+        format!("http://{host}/v1")
+    }
 }
 
 fn positive(
@@ -646,9 +800,33 @@ fn validate_provider(
     raw: RawProvider,
     key: &str,
     origins: &Origins,
-    source: &str,
+    source: String,
+    env: &Env,
+    catalog: &Catalog,
 ) -> Result<ProviderSettings, ConfigError> {
-    let name = raw.name.trim().to_owned();
+    let preset = presets::find(&raw.kind);
+    let (kind, preset_name) = match (preset, raw.kind.as_str()) {
+        (Some(preset), _) => (preset.kind, preset.name),
+        (None, "openai-compatible") => (ProviderKind::OpenAi, "openai-compatible"),
+        (None, other) => {
+            let known: Vec<&str> = presets::PRESETS.iter().map(|p| p.name).collect();
+            return Err(error(
+                format!("{key}.type"),
+                origins,
+                format!(
+                    "`{other}` is not a known provider type; use openai-compatible or one of: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+    };
+    let name = raw
+        .name
+        .clone()
+        .or_else(|| preset.map(|p| p.name.to_owned()))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     if name.is_empty()
         || !name
             .chars()
@@ -667,45 +845,83 @@ fn validate_provider(
             "`sim` is the built-in simulator; choose another name",
         ));
     }
-    let (kind, default_base_url, default_models): (ProviderKind, Option<&str>, &[&str]) = match raw
-        .kind
-        .as_str()
-    {
-        "openai" => (ProviderKind::OpenAi, Some(OPENAI_BASE_URL), OPENAI_MODELS),
-        "openai-compatible" => (ProviderKind::OpenAi, None, &[]),
-        other => {
-            return Err(error(
-                format!("{key}.type"),
-                origins,
-                format!(
-                    "`{other}` is not a known provider type; use `openai` or `openai-compatible`"
-                ),
-            ));
-        }
+    let region = raw
+        .region
+        .clone()
+        .or_else(|| first_set(env, &["AWS_REGION", "AWS_DEFAULT_REGION"]).map(|(_, r)| r.clone()))
+        .unwrap_or_else(|| "us-east-1".to_owned());
+    let default_base_url = match kind {
+        ProviderKind::Bedrock => Some(format!("https://bedrock-runtime.{region}.amazonaws.com")),
+        _ => preset.and_then(|p| p.base_url).map(str::to_owned),
     };
     let base_url = raw
         .base_url
-        .or(default_base_url.map(str::to_owned))
+        .clone()
+        .filter(|u| !u.is_empty())
+        .or(default_base_url)
         .ok_or_else(|| {
             error(
                 format!("{key}.base_url"),
                 origins,
-                "required for `openai-compatible` providers (e.g. http://127.0.0.1:8000/v1)",
+                match kind {
+                    ProviderKind::Azure => "required for `azure`: your resource's endpoint, e.g. https://NAME.openai.azure.com",
+                    _ => "required for this type (e.g. http://127.0.0.1:8000/v1)",
+                },
             )
         })?;
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
         return Err(error(
             format!("{key}.base_url"),
             origins,
-            format!("`{base_url}` must start with http:// or https://"),
+            format!(
+                "`{}` must start with http:// or https://",
+                redact_url(&base_url)
+            ),
         ));
     }
     let api_key = raw.api_key.filter(|k| !k.is_empty());
-    if api_key.is_none() && raw.kind == "openai" {
+    let aws = if kind == ProviderKind::Bedrock {
+        let required = |value: Option<String>, field: &str, var: &str| {
+            value.filter(|v| !v.is_empty()).ok_or_else(|| {
+                error(
+                    format!("{key}.{field}"),
+                    origins,
+                    format!("required for `bedrock` (e.g. {field} = \"${{{var}}}\")"),
+                )
+            })
+        };
+        Some(AwsSettings {
+            access_key_id: required(
+                raw.aws_access_key_id,
+                "aws_access_key_id",
+                "AWS_ACCESS_KEY_ID",
+            )?,
+            secret_access_key: SecretString::from(required(
+                raw.aws_secret_access_key,
+                "aws_secret_access_key",
+                "AWS_SECRET_ACCESS_KEY",
+            )?),
+            session_token: raw
+                .aws_session_token
+                .filter(|t| !t.is_empty())
+                .map(SecretString::from),
+            region,
+        })
+    } else {
+        None
+    };
+    if let Some(preset) = preset
+        && api_key.is_none()
+        && kind != ProviderKind::Bedrock
+        && preset.key_required
+    {
         return Err(error(
             format!("{key}.api_key"),
             origins,
-            "required for `openai` (e.g. api_key = \"${OPENAI_API_KEY}\")",
+            format!(
+                "required for `{preset_name}` (e.g. api_key = \"${{{}}}\")",
+                preset.key_env[0]
+            ),
         ));
     }
     let mut headers = Vec::new();
@@ -735,15 +951,43 @@ fn validate_provider(
             origins,
         )?))
     };
+    let mut quirks = preset
+        .map(|p| p.quirks.clone())
+        .unwrap_or(presets::GENERIC_QUIRKS);
+    let overrides = [
+        (raw.quirks.legacy_max_tokens, &mut quirks.legacy_max_tokens),
+        (raw.quirks.stream_options, &mut quirks.stream_options),
+        (raw.quirks.tools, &mut quirks.tools),
+        (raw.quirks.vision, &mut quirks.vision),
+        (raw.quirks.top_k, &mut quirks.top_k),
+        (raw.quirks.reasoning_effort, &mut quirks.reasoning_effort),
+    ];
+    for (value, field) in overrides {
+        if let Some(value) = value {
+            *field = value;
+        }
+    }
+    // Names with a slash (`meta-llama/...`) are reachable as `<provider>/<model>` only, so
+    // they never shadow a provider prefix.
+    let models = raw.models.unwrap_or_else(|| {
+        catalog
+            .of_provider(preset_name)
+            .map(|info| info.model.clone())
+            .filter(|model| !model.contains('/'))
+            .collect()
+    });
     Ok(ProviderSettings {
         name,
         kind,
+        preset: preset_name.to_owned(),
         base_url,
         api_key: api_key.map(SecretString::from),
         headers,
-        models: raw
-            .models
-            .unwrap_or_else(|| default_models.iter().map(|m| (*m).to_owned()).collect()),
+        models,
+        quirks,
+        api_version: raw.api_version.filter(|v| !v.is_empty()),
+        aws,
+        drop_unsupported_params: raw.drop_unsupported_params.unwrap_or(false),
         connect_timeout: millis(raw.connect_timeout_ms, 10_000, "connect_timeout_ms")?,
         timeout: millis(raw.timeout_ms, 600_000, "timeout_ms")?,
         stream_idle_timeout: millis(
@@ -751,12 +995,12 @@ fn validate_provider(
             120_000,
             "stream_idle_timeout_ms",
         )?,
-        source: source.to_owned(),
+        source,
     })
 }
 
 /// A URL with any password removed, for messages.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod keys;
 mod mock;
+mod providers;
 mod serve;
 
 use std::process::ExitCode;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
             cli::Command::Serve(args) => serve::run(args).await,
             cli::Command::MockProvider(args) => mock::run(args).await,
             cli::Command::Keys(args) => keys::run(args).await,
+            cli::Command::Providers(args) => providers::run(args),
         }
     });
     match result {

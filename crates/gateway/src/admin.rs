@@ -160,3 +160,25 @@ pub(crate) async fn list_logs(
 pub(crate) async fn list_providers(State(gateway): State<Arc<Gateway>>) -> Response {
     Json(serde_json::json!({ "data": gateway.providers() })).into_response()
 }
+
+/// Routable models with what the catalog knows of them.
+pub(crate) async fn list_models(State(gateway): State<Arc<Gateway>>) -> Response {
+    #[derive(Serialize)]
+    struct Model<'a> {
+        id: &'a str,
+        provider: &'a str,
+        /// Context window, limits, prices and features, when the catalog knows the model.
+        catalog: Option<&'a crate::catalog::ModelInfo>,
+    }
+    let data: Vec<Model<'_>> = gateway
+        .providers
+        .listed
+        .iter()
+        .map(|listed| Model {
+            id: &listed.id,
+            provider: &listed.owned_by,
+            catalog: listed.info.as_deref(),
+        })
+        .collect();
+    Json(serde_json::json!({ "data": data })).into_response()
+}

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use atalaya_translate::openai::Quirks;
 use http::{HeaderName, HeaderValue};
 use secrecy::SecretString;
+
+use crate::catalog::Catalog;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -14,6 +17,7 @@ pub struct GatewayConfig {
     pub sim: Option<SimSettings>,
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelAlias>,
+    pub catalog: Catalog,
 }
 
 #[derive(Debug, Clone)]
@@ -23,23 +27,60 @@ pub struct SimSettings {
     pub tokens_per_second: f64,
 }
 
-/// Adapters by wire format. Presets (such as `openai`) are adapters with defaults filled in.
+/// Wire formats. Presets (`openai`, `groq`, `mistral`, ...) are one of these with defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
-    /// OpenAI's chat completions / embeddings wire format.
+    /// OpenAI's chat completions / embeddings, and every compatible server.
     OpenAi,
+    /// OpenAI's format on Azure's deployment URLs with the `api-key` header.
+    Azure,
+    Anthropic,
+    Gemini,
+    Cohere,
+    Bedrock,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Cohere => "cohere",
+            ProviderKind::Bedrock => "bedrock",
+        }
+    }
+}
+
+/// Bedrock's credentials and region.
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+    pub session_token: Option<SecretString>,
+    pub region: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct ProviderSettings {
     pub name: String,
     pub kind: ProviderKind,
-    /// Base URL including the version segment, e.g. `https://api.openai.com/v1`.
+    /// The preset (`openai`, `groq`, ...) it was built from, or `openai-compatible`.
+    pub preset: String,
+    /// Where its URL paths go: with the version for OpenAI-style providers
+    /// (`https://api.openai.com/v1`), the host root for native ones.
     pub base_url: String,
     pub api_key: Option<SecretString>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Model names served under their own name (also reachable as `provider/model`).
     pub models: Vec<String>,
+    pub quirks: Quirks,
+    /// Azure's `api-version`.
+    pub api_version: Option<String>,
+    pub aws: Option<AwsSettings>,
+    /// Drop request fields the provider cannot take instead of refusing the request.
+    pub drop_unsupported_params: bool,
     pub connect_timeout: Duration,
     /// Until the response headers arrive; for non-streaming calls, until the body is read.
     pub timeout: Duration,

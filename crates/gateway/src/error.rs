@@ -1,5 +1,5 @@
 //! The one API error type: a stable snake_case code, a status and a message, rendered as
-//! OpenAI's error JSON.
+//! OpenAI's error JSON, or Anthropic's on the Anthropic-compatible endpoint.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -85,15 +85,27 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The error in the caller's format.
+    pub(crate) fn into_response_for(self, format: crate::ClientFormat) -> Response {
+        match format {
+            crate::ClientFormat::OpenAi => self.into_response(),
+            crate::ClientFormat::Anthropic => {
+                let body =
+                    atalaya_translate::anthropic::error_body(self.status.as_u16(), &self.message);
+                self.render(body)
+            }
+        }
+    }
+
+    fn render(self, body: Vec<u8>) -> Response {
         let mut response = (
             self.status,
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
-            self.body(),
+            body,
         )
             .into_response();
         if let Some(retry_after) = self.retry_after {
@@ -105,5 +117,34 @@ impl IntoResponse for ApiError {
             .extensions_mut()
             .insert(ErrorNote(format!("{}: {}", self.code, self.message)));
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
+        self.render(body)
+    }
+}
+
+impl From<atalaya_translate::TranslateError> for ApiError {
+    fn from(error: atalaya_translate::TranslateError) -> Self {
+        use atalaya_translate::TranslateError;
+        let param = error.param().map(str::to_owned);
+        let mut api = match &error {
+            TranslateError::Invalid { code, .. } => {
+                ApiError::invalid_request(code, error.to_string())
+            }
+            TranslateError::Unsupported { .. } => {
+                ApiError::invalid_request("unsupported_parameter", error.to_string())
+            }
+            TranslateError::Upstream(_) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_bad_response",
+                format!("The provider's answer could not be read ({error})."),
+            ),
+        };
+        api.param = param;
+        api
     }
 }

@@ -1,18 +1,26 @@
-//! The gateway: the OpenAI-compatible data plane (`/v1/*`), atalaya's own API
-//! (`/api/v1/*`), health and metrics endpoints, provider adapters and the streaming relay.
+//! The gateway: the OpenAI- and Anthropic-compatible data plane (`/v1/*`), atalaya's own
+//! API (`/api/v1/*`), health and metrics endpoints, provider adapters, the model catalog and
+//! the streaming relay.
 //!
-//! It owns request validation, routing a model name to a provider, talking to upstreams and
-//! translating their answers back. It does not own storage (`atalaya-store`), key material
-//! (`atalaya-security`) or metric names (`atalaya-telemetry`), and it never reads config
-//! files or the environment: the binary hands it a validated `GatewayConfig`.
+//! It owns request validation, routing a model name to a provider, talking to upstreams,
+//! pricing requests and relaying answers back in the caller's format. How each wire format
+//! is read and written lives in `atalaya-translate`. It does not own storage
+//! (`atalaya-store`), key material (`atalaya-security`) or metric names
+//! (`atalaya-telemetry`), and it never reads config files or the environment: the binary
+//! hands it a validated `GatewayConfig`.
 
 mod admin;
 mod auth;
+pub mod catalog;
+mod chat;
 pub mod config;
 mod error;
+mod messages;
 mod openai;
+pub mod presets;
 mod providers;
 mod relay;
+mod usage;
 mod v1;
 
 use std::sync::Arc;
@@ -29,10 +37,12 @@ use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 
+pub use atalaya_translate::Usage;
 pub use auth::{KeyCache, Principal};
-pub use config::{GatewayConfig, ModelAlias, ProviderKind, ProviderSettings, SimSettings};
+pub use config::{
+    AwsSettings, GatewayConfig, ModelAlias, ProviderKind, ProviderSettings, SimSettings,
+};
 pub use error::ApiError;
-pub use openai::Usage;
 pub use providers::{ProviderError, SIM_CHAT_MODEL, SIM_EMBED_MODEL, SIM_PROVIDER};
 
 use error::ErrorNote;
@@ -53,7 +63,13 @@ pub struct Gateway {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProviderSummary {
     pub name: String,
+    /// The preset or type it was built from (`openai`, `groq`, `openai-compatible`, `sim`).
+    #[serde(rename = "type")]
+    pub preset: String,
+    /// Why it is on: the config file, or which environment variables.
     pub source: String,
+    /// Model names it serves under their own name.
+    pub models: Vec<String>,
 }
 
 impl Gateway {
@@ -75,22 +91,32 @@ impl Gateway {
         }))
     }
 
+    /// Configured providers in configuration order.
     pub fn providers(&self) -> Vec<ProviderSummary> {
-        let mut list: Vec<ProviderSummary> = self
-            .providers
+        self.providers
             .all()
             .map(|provider| ProviderSummary {
                 name: provider.name.to_string(),
+                preset: provider.preset.clone(),
                 source: provider.source.clone(),
+                models: self
+                    .providers
+                    .listed
+                    .iter()
+                    .filter(|listed| listed.owned_by == provider.name)
+                    .map(|listed| listed.id.clone())
+                    .collect(),
             })
-            .collect();
-        list.sort_by(|a, b| a.name.cmp(&b.name));
-        list
+            .collect()
     }
 
     /// Metrics and the request-log row for one finished data-plane request.
     fn record(&self, context: &RequestContext, status: u16, exchange: &Exchange) {
         let total = context.started.elapsed();
+        let cost = match (&exchange.info, &exchange.usage) {
+            (Some(info), Some(usage)) => info.cost(usage),
+            _ => None,
+        };
         let status_label = status_label(status);
         // Only configured names become labels (see `Route::label`).
         let provider = exchange.provider.as_deref().unwrap_or("");
@@ -106,12 +132,11 @@ impl Gateway {
                 routed.ttft.record(ttft.as_secs_f64());
             }
             if let Some(usage) = exchange.usage {
-                if let Some(tokens) = usage.prompt_tokens {
-                    routed.prompt_tokens.increment(tokens);
-                }
-                if let Some(tokens) = usage.completion_tokens {
-                    routed.completion_tokens.increment(tokens);
-                }
+                routed.prompt_tokens.increment(usage.prompt_tokens);
+                routed.completion_tokens.increment(usage.completion_tokens);
+            }
+            if let Some(cost) = cost {
+                routed.cost.increment(cost);
             }
         }
         if let Some(class) = exchange
@@ -133,14 +158,14 @@ impl Gateway {
             status: i64::from(status),
             latency_ms: total.as_secs_f64() * 1e3,
             ttft_ms: exchange.ttft.map(|t| t.as_secs_f64() * 1e3),
-            prompt_tokens: exchange
+            prompt_tokens: exchange.usage.map(|u| u.prompt_tokens as i64),
+            completion_tokens: exchange.usage.map(|u| u.completion_tokens as i64),
+            cached_tokens: exchange
                 .usage
-                .and_then(|u| u.prompt_tokens)
-                .map(|t| t as i64),
-            completion_tokens: exchange
-                .usage
-                .and_then(|u| u.completion_tokens)
-                .map(|t| t as i64),
+                .filter(|u| u.cached_tokens > 0)
+                .map(|u| u.cached_tokens as i64),
+            usage_estimated: exchange.usage.is_some_and(|u| u.estimated),
+            cost_usd: cost,
             error: exchange.error.clone(),
         });
     }
@@ -160,6 +185,7 @@ struct RoutedHandles {
     ttft: metrics::Histogram,
     prompt_tokens: metrics::Counter,
     completion_tokens: metrics::Counter,
+    cost: metrics::Gauge,
 }
 
 /// endpoint, model label, provider, status label — all bounded sets.
@@ -200,6 +226,7 @@ impl Gateway {
             ttft: metrics::histogram!(names::TIME_TO_FIRST_TOKEN, "provider" => provider.to_owned()),
             prompt_tokens: metrics::counter!(names::TOKENS, "provider" => provider.to_owned(), "model" => model.to_owned(), "kind" => "prompt"),
             completion_tokens: metrics::counter!(names::TOKENS, "provider" => provider.to_owned(), "model" => model.to_owned(), "kind" => "completion"),
+            cost: metrics::gauge!(names::COST, "provider" => provider.to_owned(), "model" => model.to_owned()),
         });
         let handles = Arc::new(Handles {
             requests: metrics::counter!(names::REQUESTS, "endpoint" => endpoint, "model" => model.to_owned(), "provider" => provider.to_owned(), "status" => status),
@@ -236,6 +263,13 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
+/// The API format a client speaks, which decides how errors and answers are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientFormat {
+    OpenAi,
+    Anthropic,
+}
+
 /// Per-request facts set by the outermost middleware.
 #[derive(Debug, Clone)]
 pub(crate) struct RequestContext {
@@ -244,6 +278,7 @@ pub(crate) struct RequestContext {
     pub started_at_ms: i64,
     /// A bounded label naming the endpoint.
     pub endpoint: &'static str,
+    pub format: ClientFormat,
 }
 
 /// What a handler learned about a data-plane request, for its log row and metrics.
@@ -259,6 +294,8 @@ pub(crate) struct Exchange {
     pub upstream_time: Duration,
     pub ttft: Option<Duration>,
     pub usage: Option<Usage>,
+    /// The catalog entry of the upstream model, which prices the usage.
+    pub info: Option<Arc<catalog::ModelInfo>>,
     pub error: Option<String>,
     pub upstream_error_class: Option<&'static str>,
 }
@@ -274,6 +311,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(v1::embeddings))
         .route("/v1/models", get(v1::list_models))
         .route("/v1/models/{*id}", get(v1::get_model))
+        .route("/v1/messages", post(messages::create))
         .layer(middleware::from_fn_with_state(gateway.clone(), data_plane));
     let admin_api = Router::new()
         .route(
@@ -283,6 +321,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/v1/keys/{id}", delete(admin::revoke_key))
         .route("/api/v1/logs", get(admin::list_logs))
         .route("/api/v1/providers", get(admin::list_providers))
+        .route("/api/v1/models", get(admin::list_models))
         .layer(middleware::from_fn_with_state(
             gateway.clone(),
             auth::require_admin,
@@ -304,6 +343,7 @@ fn endpoint_label(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "chat_completions",
         "/v1/embeddings" => "embeddings",
+        "/v1/messages" => "messages",
         "/v1/models" => "models",
         p if p.starts_with("/v1/models/") => "models",
         p if p.starts_with("/v1/") => "other",
@@ -330,6 +370,11 @@ async fn request_context(mut request: Request, next: Next) -> Response {
         started: Instant::now(),
         started_at_ms: now_ms(),
         endpoint: endpoint_label(request.uri().path()),
+        format: if request.uri().path().starts_with("/v1/messages") {
+            ClientFormat::Anthropic
+        } else {
+            ClientFormat::OpenAi
+        },
     };
     let header_value = HeaderValue::from_str(&context.id).ok();
     request.extensions_mut().insert(context);
@@ -351,6 +396,7 @@ async fn data_plane(
     let Some(context) = request.extensions().get::<RequestContext>().cloned() else {
         return next.run(request).await;
     };
+    let format = context.format;
     // If the client goes away before the answer, hyper drops this future: the guard still
     // records the request.
     let mut guard = AbandonGuard {
@@ -362,7 +408,7 @@ async fn data_plane(
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Err(error) => error.into_response(),
+        Err(error) => error.into_response_for(format),
     };
     let Some(context) = guard.context.take() else {
         return response;

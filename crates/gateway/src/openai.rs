@@ -12,6 +12,8 @@ use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use atalaya_translate::openai::Quirks;
+
 use crate::error::ApiError;
 
 /// A JSON object's top-level fields, in order, values unparsed.
@@ -308,8 +310,21 @@ impl<'a> ChatRequest<'a> {
         })
     }
 
-    /// The body to send upstream: same fields, `model` replaced, usage requested on streams.
-    pub fn upstream_body(&self, upstream_model: &str) -> Vec<u8> {
+    /// Whether the raw body can go to an OpenAI-dialect server as it is (with only the
+    /// rewrites `upstream_body` makes), rather than through canonical form.
+    pub fn passes_through(&self, quirks: &Quirks) -> bool {
+        let has = |field: &str| self.fields.iter().any(|(name, _)| name == field);
+        quirks.seed_field == "seed"
+            && quirks.tool_choice_required == "required"
+            && !quirks.nine_char_tool_ids
+            && (quirks.tools || !(has("tools") || has("functions")))
+            // Without streamed usage, the translating relay counts the tokens itself.
+            && (quirks.stream_options || !self.stream)
+    }
+
+    /// The body to send upstream: same fields, `model` replaced, usage requested on streams,
+    /// the output limit under the name the server knows.
+    pub fn upstream_body(&self, upstream_model: &str, quirks: &Quirks) -> Vec<u8> {
         let size: usize = self
             .fields
             .iter()
@@ -318,12 +333,23 @@ impl<'a> ChatRequest<'a> {
         let mut out = Vec::with_capacity(size + upstream_model.len() + 48);
         out.push(b'{');
         let mut saw_stream_options = false;
+        let has_max_tokens = self.fields.iter().any(|(name, _)| name == "max_tokens");
         for (name, raw) in &self.fields {
+            let key = match name.as_str() {
+                "max_completion_tokens" if quirks.legacy_max_tokens => {
+                    if has_max_tokens {
+                        continue;
+                    }
+                    "max_tokens"
+                }
+                "stream_options" if !quirks.stream_options => continue,
+                other => other,
+            };
             if out.len() > 1 {
                 out.push(b',');
             }
-            write_key(&mut out, name);
-            match name.as_str() {
+            write_key(&mut out, key);
+            match key {
                 "model" => write_string(&mut out, upstream_model),
                 "stream_options" if self.stream => {
                     saw_stream_options = true;
@@ -332,7 +358,7 @@ impl<'a> ChatRequest<'a> {
                 _ => out.extend_from_slice(raw.get().as_bytes()),
             }
         }
-        if self.stream && !saw_stream_options {
+        if self.stream && quirks.stream_options && !saw_stream_options {
             out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
         }
         out.push(b'}');
@@ -362,6 +388,26 @@ fn write_stream_options(out: &mut Vec<u8>, raw: &RawValue) {
     let _ = serde_json::to_writer(&mut *out, &options);
 }
 
+/// `body` with its top-level `model` replaced, every other field byte for byte.
+pub(crate) fn replace_model(body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
+    let RawObject(fields) = parse_object(body)?;
+    let mut out = Vec::with_capacity(body.len() + model.len());
+    out.push(b'{');
+    for (name, raw) in &fields {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        write_key(&mut out, name);
+        if name == "model" {
+            write_string(&mut out, model);
+        } else {
+            out.extend_from_slice(raw.get().as_bytes());
+        }
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
 /// A validated embeddings request.
 pub(crate) struct EmbeddingRequest<'a> {
     pub model: String,
@@ -377,6 +423,52 @@ impl<'a> EmbeddingRequest<'a> {
             _ => return Err(missing("input")),
         }
         Ok(EmbeddingRequest { model, fields })
+    }
+
+    fn field(&self, name: &str) -> Option<&RawValue> {
+        self.fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, raw)| *raw)
+            .filter(|raw| raw.get() != "null")
+    }
+
+    /// The inputs as text, for providers that take no token arrays.
+    pub fn texts(&self) -> Result<Vec<String>, ApiError> {
+        let raw = self.field("input").ok_or_else(|| missing("input"))?;
+        let texts = match serde_json::from_str::<serde_json::Value>(raw.get()) {
+            Ok(serde_json::Value::String(text)) => vec![text],
+            Ok(serde_json::Value::Array(items)) if items.iter().all(|i| i.is_string()) => items
+                .into_iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect(),
+            _ => {
+                return Err(ApiError::invalid_request(
+                    "invalid_value",
+                    "This provider embeds text only: send 'input' as a string or an array of strings, not token ids.",
+                )
+                .with_param("input"));
+            }
+        };
+        if texts.is_empty() || texts.iter().any(String::is_empty) {
+            return Err(ApiError::invalid_request(
+                "invalid_value",
+                "'input' must not be empty or contain empty strings.",
+            )
+            .with_param("input"));
+        }
+        Ok(texts)
+    }
+
+    pub fn dimensions(&self) -> Option<u32> {
+        self.field("dimensions")
+            .and_then(|raw| raw.get().parse().ok())
+    }
+
+    /// `encoding_format: "base64"`.
+    pub fn base64(&self) -> bool {
+        self.field("encoding_format")
+            .is_some_and(|raw| raw.get() == "\"base64\"")
     }
 
     pub fn upstream_body(&self, upstream_model: &str) -> Vec<u8> {
@@ -402,38 +494,6 @@ impl<'a> EmbeddingRequest<'a> {
         out.push(b'}');
         out
     }
-}
-
-/// Token usage as providers report it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub prompt_tokens: Option<u64>,
-    #[serde(default)]
-    pub completion_tokens: Option<u64>,
-}
-
-/// The `usage` of a complete response body, if it has one; other fields are skipped unparsed.
-pub(crate) fn usage_of(body: &[u8]) -> Option<Usage> {
-    #[derive(Deserialize)]
-    struct WithUsage {
-        usage: Option<Usage>,
-    }
-    serde_json::from_slice::<WithUsage>(body)
-        .ok()
-        .and_then(|w| w.usage)
-}
-
-/// A streamed chunk's usage, and whether it is a usage-only chunk (no choices).
-pub(crate) fn chunk_usage(data: &[u8]) -> Option<(Usage, bool)> {
-    #[derive(Deserialize)]
-    struct Chunk {
-        #[serde(default)]
-        choices: Vec<serde::de::IgnoredAny>,
-        usage: Option<Usage>,
-    }
-    let chunk: Chunk = serde_json::from_slice(data).ok()?;
-    chunk.usage.map(|usage| (usage, chunk.choices.is_empty()))
 }
 
 #[cfg(test)]

@@ -4,11 +4,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atalaya_translate::openai::Quirks;
+use atalaya_translate::{Target, sigv4};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 use secrecy::ExposeSecret as _;
 
-use crate::config::{GatewayConfig, ProviderKind, ProviderSettings, SimSettings};
+use crate::catalog::{Catalog, ModelInfo};
+use crate::config::{AwsSettings, GatewayConfig, ProviderKind, ProviderSettings, SimSettings};
 
 /// The built-in simulated provider's name and models.
 pub const SIM_PROVIDER: &str = "sim";
@@ -19,7 +22,7 @@ pub const SIM_EMBED_DIMENSIONS: usize = 256;
 
 pub(crate) enum Adapter {
     Sim(SimSettings),
-    OpenAi(Box<OpenAiUpstream>),
+    Upstream(Box<Upstream>),
 }
 
 pub(crate) struct Provider {
@@ -27,6 +30,8 @@ pub(crate) struct Provider {
     /// `name/*`, the metric label of every `name/<model>` request.
     pub wildcard_label: Arc<str>,
     pub adapter: Adapter,
+    /// The preset or type it was built from.
+    pub preset: String,
     pub source: String,
 }
 
@@ -38,18 +43,24 @@ pub(crate) struct Route {
     /// The `model` metric label: a configured name, or `provider/*` for prefix routes, so a
     /// client cannot create labels.
     pub label: Arc<str>,
+    /// What the catalog knows of the upstream model (prices, limits), if anything.
+    pub info: Option<Arc<ModelInfo>>,
 }
 
 /// A model as listed by `GET /v1/models`.
 pub(crate) struct Listed {
     pub id: String,
     pub owned_by: Arc<str>,
+    pub info: Option<Arc<ModelInfo>>,
 }
 
 pub(crate) struct Providers {
     by_name: HashMap<String, Arc<Provider>>,
+    /// In configuration order.
+    order: Vec<Arc<Provider>>,
     routes: HashMap<String, Route>,
     pub listed: Vec<Listed>,
+    catalog: Catalog,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,34 +87,35 @@ impl Providers {
     pub fn new(config: &GatewayConfig) -> Result<Self, ProviderError> {
         let mut providers = Providers {
             by_name: HashMap::new(),
+            order: Vec::new(),
             routes: HashMap::new(),
             listed: Vec::new(),
+            catalog: config.catalog.clone(),
         };
         if let Some(sim) = &config.sim {
             let provider = Arc::new(Provider {
                 name: Arc::from(SIM_PROVIDER),
                 wildcard_label: Arc::from(format!("{SIM_PROVIDER}/*")),
                 adapter: Adapter::Sim(sim.clone()),
+                preset: SIM_PROVIDER.to_owned(),
                 source: "built in".to_owned(),
             });
             providers.add(provider.clone())?;
-            providers.serve(SIM_CHAT_MODEL, &provider, SIM_CHAT_MODEL);
-            providers.serve(SIM_EMBED_MODEL, &provider, SIM_EMBED_MODEL);
+            providers.serve(SIM_CHAT_MODEL, &provider, SIM_CHAT_MODEL, false);
+            providers.serve(SIM_EMBED_MODEL, &provider, SIM_EMBED_MODEL, false);
         }
         for settings in &config.providers {
             let provider = Arc::new(Provider {
                 name: Arc::from(settings.name.as_str()),
                 wildcard_label: Arc::from(format!("{}/*", settings.name)),
-                adapter: match settings.kind {
-                    ProviderKind::OpenAi => {
-                        Adapter::OpenAi(Box::new(OpenAiUpstream::new(settings)?))
-                    }
-                },
+                adapter: Adapter::Upstream(Box::new(Upstream::new(settings)?)),
+                preset: settings.preset.clone(),
                 source: settings.source.clone(),
             });
             providers.add(provider.clone())?;
             for model in &settings.models {
-                providers.serve(model, &provider, model);
+                // The first provider to list a name serves it; others are `provider/model`.
+                providers.serve(model, &provider, model, false);
             }
         }
         for alias in &config.models {
@@ -115,7 +127,7 @@ impl Providers {
                     model: alias.name.clone(),
                     provider: alias.provider.clone(),
                 })?;
-            providers.serve(&alias.name, &provider, &alias.model);
+            providers.serve(&alias.name, &provider, &alias.model, true);
         }
         Ok(providers)
     }
@@ -128,23 +140,43 @@ impl Providers {
         {
             return Err(ProviderError::DuplicateProvider(provider.name.to_string()));
         }
+        self.order.push(provider);
         Ok(())
     }
 
-    /// Later entries win: an alias in `[[models]]` overrides a provider's own model name.
-    fn serve(&mut self, name: &str, provider: &Arc<Provider>, upstream_model: &str) {
+    fn info(&self, provider: &Provider, model: &str) -> Option<Arc<ModelInfo>> {
+        self.catalog
+            .get(&provider.name, model)
+            .or_else(|| self.catalog.get(&provider.preset, model))
+            // Azure deployments are usually named after the OpenAI model and priced like it.
+            .or_else(|| {
+                (provider.preset == "azure")
+                    .then(|| self.catalog.get("openai", model))
+                    .flatten()
+            })
+    }
+
+    /// Serves `name`; `replace` lets an alias in `[[models]]` override a provider's own name.
+    fn serve(&mut self, name: &str, provider: &Arc<Provider>, upstream_model: &str, replace: bool) {
+        if !replace && self.routes.contains_key(name) {
+            return;
+        }
+        let info = self.info(provider, upstream_model);
         let route = Route {
             provider: provider.clone(),
             upstream_model: Arc::from(upstream_model),
             label: Arc::from(name),
+            info: info.clone(),
         };
         if self.routes.insert(name.to_owned(), route).is_none() {
             self.listed.push(Listed {
                 id: name.to_owned(),
                 owned_by: provider.name.clone(),
+                info,
             });
         } else if let Some(listed) = self.listed.iter_mut().find(|l| l.id == name) {
             listed.owned_by = provider.name.clone();
+            listed.info = info;
         }
     }
 
@@ -162,11 +194,13 @@ impl Providers {
             provider: provider.clone(),
             upstream_model: Arc::from(upstream_model),
             label: provider.wildcard_label.clone(),
+            info: self.info(provider, upstream_model),
         })
     }
 
+    /// Providers in configuration order.
     pub fn all(&self) -> impl Iterator<Item = &Arc<Provider>> {
-        self.by_name.values()
+        self.order.iter()
     }
 }
 
@@ -178,35 +212,87 @@ pub(crate) enum UpstreamFailure {
     Other(String),
 }
 
+/// One call to a provider.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Endpoint {
-    Chat,
-    Embeddings,
+pub(crate) enum Call<'a> {
+    Chat {
+        model: &'a str,
+        stream: bool,
+    },
+    /// `batch`: several inputs (Gemini has a separate batch method).
+    Embed {
+        model: &'a str,
+        batch: bool,
+    },
 }
 
-/// Any server speaking OpenAI's format: one pooled, keep-alive client per provider.
-pub(crate) struct OpenAiUpstream {
+/// Any provider over HTTP: one pooled, keep-alive client, the format's URLs and credentials.
+pub(crate) struct Upstream {
     client: reqwest::Client,
-    chat_url: url::Url,
-    embeddings_url: url::Url,
+    pub kind: ProviderKind,
+    pub quirks: Quirks,
+    pub drop_unsupported: bool,
     pub timeout: Duration,
+    provider: Arc<str>,
+    base: String,
+    /// Fixed URLs, parsed once; per-model URLs (Azure, Gemini, Bedrock) are built per call.
+    chat_url: Option<url::Url>,
+    embeddings_url: Option<url::Url>,
+    api_version: String,
+    aws: Option<AwsSettings>,
 }
 
-impl OpenAiUpstream {
+/// The Anthropic API version sent when the client named none.
+pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
+const AZURE_API_VERSION: &str = "2024-10-21";
+
+fn secret_header(value: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(value).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+impl Upstream {
     fn new(settings: &ProviderSettings) -> Result<Self, ProviderError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        let key = settings
+            .api_key
+            .as_ref()
+            .map(|k| k.expose_secret().to_owned());
+        if let Some(key) = &key {
+            let auth = match settings.kind {
+                ProviderKind::OpenAi | ProviderKind::Cohere => Some((
+                    header::AUTHORIZATION,
+                    secret_header(&format!("Bearer {key}")),
+                )),
+                ProviderKind::Azure => {
+                    Some((HeaderName::from_static("api-key"), secret_header(key)))
+                }
+                ProviderKind::Anthropic => {
+                    Some((HeaderName::from_static("x-api-key"), secret_header(key)))
+                }
+                ProviderKind::Gemini => Some((
+                    HeaderName::from_static("x-goog-api-key"),
+                    secret_header(key),
+                )),
+                ProviderKind::Bedrock => None,
+            };
+            if let Some((name, Some(value))) = auth {
+                headers.insert(name, value);
+            }
+        }
+        if settings.kind == ProviderKind::Anthropic {
+            headers.insert(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(ANTHROPIC_VERSION),
+            );
+        }
         for (name, value) in &settings.headers {
             headers.insert(name.clone(), value.clone());
-        }
-        if let Some(key) = &settings.api_key
-            && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
-        {
-            value.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, value);
         }
         let client = reqwest::Client::builder()
             .user_agent(concat!("atalaya/", env!("CARGO_PKG_VERSION")))
@@ -223,37 +309,143 @@ impl OpenAiUpstream {
                 provider: settings.name.clone(),
                 source,
             })?;
-        let base_url = settings.base_url.trim_end_matches('/');
+        let base = settings.base_url.trim_end_matches('/').to_owned();
         let parse = |path: &str| {
-            url::Url::parse(&format!("{base_url}{path}")).map_err(|source| ProviderError::BaseUrl {
+            url::Url::parse(&format!("{base}{path}")).map_err(|source| ProviderError::BaseUrl {
                 provider: settings.name.clone(),
                 source,
             })
         };
-        Ok(OpenAiUpstream {
+        let (chat_url, embeddings_url) = match settings.kind {
+            ProviderKind::OpenAi => (
+                Some(parse("/chat/completions")?),
+                Some(parse("/embeddings")?),
+            ),
+            ProviderKind::Anthropic => (Some(parse("/v1/messages")?), None),
+            ProviderKind::Cohere => (Some(parse("/v2/chat")?), Some(parse("/v2/embed")?)),
+            // Checked here so a bad URL fails at start, not on the first request.
+            ProviderKind::Azure | ProviderKind::Gemini | ProviderKind::Bedrock => {
+                parse("/")?;
+                (None, None)
+            }
+        };
+        Ok(Upstream {
             client,
-            chat_url: parse("/chat/completions")?,
-            embeddings_url: parse("/embeddings")?,
+            kind: settings.kind,
+            quirks: settings.quirks.clone(),
+            drop_unsupported: settings.drop_unsupported_params,
             timeout: settings.timeout,
+            provider: Arc::from(settings.name.as_str()),
+            base,
+            chat_url,
+            embeddings_url,
+            api_version: settings
+                .api_version
+                .clone()
+                .unwrap_or_else(|| AZURE_API_VERSION.to_owned()),
+            aws: settings.aws.clone(),
         })
     }
 
-    /// POSTs `body` to one of the provider's endpoints and waits for the response headers.
+    /// How translation treats what this provider cannot take.
+    pub fn target(&self, drop_requested: bool) -> Target {
+        Target {
+            provider: self.provider.to_string(),
+            drop_unsupported: self.drop_unsupported || drop_requested,
+        }
+    }
+
+    fn url(&self, call: Call<'_>) -> Result<url::Url, UpstreamFailure> {
+        let fixed = match (self.kind, call) {
+            (
+                ProviderKind::OpenAi | ProviderKind::Anthropic | ProviderKind::Cohere,
+                Call::Chat { .. },
+            ) => &self.chat_url,
+            (ProviderKind::OpenAi | ProviderKind::Cohere, Call::Embed { .. }) => {
+                &self.embeddings_url
+            }
+            _ => &None,
+        };
+        if let Some(url) = fixed {
+            return Ok(url.clone());
+        }
+        let encode = |model: &str| sigv4::uri_encode(model, false);
+        let text = match (self.kind, call) {
+            (ProviderKind::Azure, Call::Chat { model, .. }) => format!(
+                "{}/openai/deployments/{}/chat/completions?api-version={}",
+                self.base,
+                encode(model),
+                self.api_version
+            ),
+            (ProviderKind::Azure, Call::Embed { model, .. }) => format!(
+                "{}/openai/deployments/{}/embeddings?api-version={}",
+                self.base,
+                encode(model),
+                self.api_version
+            ),
+            (ProviderKind::Gemini, call) => {
+                let (model, method) = match call {
+                    Call::Chat {
+                        model,
+                        stream: false,
+                    } => (model, "generateContent"),
+                    Call::Chat {
+                        model,
+                        stream: true,
+                    } => (model, "streamGenerateContent?alt=sse"),
+                    Call::Embed {
+                        model,
+                        batch: false,
+                    } => (model, "embedContent"),
+                    Call::Embed { model, batch: true } => (model, "batchEmbedContents"),
+                };
+                let model = model.strip_prefix("models/").unwrap_or(model);
+                format!("{}/v1beta/models/{}:{method}", self.base, encode(model))
+            }
+            (ProviderKind::Bedrock, Call::Chat { model, stream }) => format!(
+                "{}/model/{}/{}",
+                self.base,
+                encode(model),
+                if stream {
+                    "converse-stream"
+                } else {
+                    "converse"
+                }
+            ),
+            (kind, call) => {
+                return Err(UpstreamFailure::Other(format!(
+                    "{call:?} is not available on {} providers",
+                    kind.as_str()
+                )));
+            }
+        };
+        url::Url::parse(&text)
+            .map_err(|error| UpstreamFailure::Other(format!("bad URL {text}: {error}")))
+    }
+
+    /// POSTs `body` and waits for the response headers. `headers` override the defaults
+    /// (e.g. a client's `anthropic-version`).
     pub async fn post(
         &self,
-        endpoint: Endpoint,
+        call: Call<'_>,
         body: Vec<u8>,
         request_id: &str,
+        headers: &[(HeaderName, HeaderValue)],
     ) -> Result<reqwest::Response, UpstreamFailure> {
-        // URLs are parsed once, at start; cloning one is a string copy.
-        let url = match endpoint {
-            Endpoint::Chat => &self.chat_url,
-            Endpoint::Embeddings => &self.embeddings_url,
-        };
-        let mut request = self.client.post(url.clone()).body(body);
+        let url = self.url(call)?;
+        let mut request = self.client.post(url.clone());
+        if let Some(aws) = &self.aws {
+            for (name, value) in sign_aws(aws, &url, &body) {
+                request = request.header(name, value);
+            }
+        }
+        for (name, value) in headers {
+            request = request.header(name.clone(), value.clone());
+        }
         if let Ok(value) = HeaderValue::from_str(request_id) {
             request = request.header("x-request-id", value);
         }
+        let request = request.body(body);
         match tokio::time::timeout(self.timeout, request.send()).await {
             Err(_) => Err(UpstreamFailure::Timeout(self.timeout)),
             Ok(Ok(response)) => Ok(response),
@@ -278,6 +470,48 @@ impl OpenAiUpstream {
             Ok(Err(error)) => Err(UpstreamFailure::Other(error_chain(&error))),
         }
     }
+}
+
+/// Signature Version 4 headers for a Bedrock call.
+fn sign_aws(aws: &AwsSettings, url: &url::Url, body: &[u8]) -> Vec<(&'static str, HeaderValue)> {
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let amz_date = sigv4::amz_date(now);
+    let session = aws
+        .session_token
+        .as_ref()
+        .map(|t| t.expose_secret().to_owned());
+    let credentials = sigv4::Credentials {
+        access_key_id: &aws.access_key_id,
+        secret_access_key: aws.secret_access_key.expose_secret(),
+        session_token: session.as_deref(),
+        region: &aws.region,
+        service: "bedrock",
+    };
+    let request = sigv4::Request {
+        method: "POST",
+        host: &host,
+        path: url.path(),
+        query: url.query().unwrap_or_default(),
+        headers: &[("content-type", "application/json")],
+        body,
+        amz_date: &amz_date,
+    };
+    sigv4::sign(&credentials, &request)
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let sensitive = name == "authorization" || name == "x-amz-security-token";
+            let mut value = HeaderValue::from_str(&value).ok()?;
+            value.set_sensitive(sensitive);
+            Some((name, value))
+        })
+        .collect()
 }
 
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {

@@ -1,17 +1,24 @@
-//! Streaming passthrough: upstream SSE bytes go to the client as they arrive, event
-//! boundaries intact, without re-serialising.
+//! Streaming relay: upstream stream bytes go to the client as they arrive.
 //!
-//! The relay only looks inside events that carry a `usage` object (to record tokens, and to
-//! drop the usage-only chunk the gateway asked for on the client's behalf) and watches for
-//! `data: [DONE]`. It records the request exactly once: when the stream ends, fails, or is
-//! dropped because the client went away — dropping it also drops the upstream body, which
-//! closes the upstream connection at once.
+//! When client and provider speak the same format the bytes pass untouched, event
+//! boundaries intact; the relay only looks inside events that carry usage (and, for OpenAI,
+//! drops the usage-only chunk the gateway asked for on the client's behalf). Otherwise it
+//! translates: the provider's framing (SSE or AWS event stream) is parsed, its events decoded
+//! into canonical deltas and written in the client's format.
+//!
+//! The relay records the request exactly once: when the stream ends, fails, or is dropped
+//! because the client went away — dropping it also drops the upstream body, which closes
+//! the upstream connection at once.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use atalaya_translate::{
+    ChatRequest, Delta, StreamFailure, Usage, anthropic, bedrock, cohere, eventstream, gemini,
+    openai, sse,
+};
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -19,13 +26,181 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::time::Instant;
 
-use crate::openai::chunk_usage;
-use crate::{Deferred, Exchange, Gateway, RequestContext};
+use crate::{ClientFormat, Deferred, Exchange, Gateway, RequestContext};
 
 pub(crate) type UpstreamStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 
 /// Status recorded for a stream the client abandoned (nginx's convention).
 pub(crate) const CLIENT_CLOSED: u16 = 499;
+
+/// How the relay turns upstream bytes into client bytes.
+pub(crate) enum Transcoder {
+    /// OpenAI to an OpenAI client.
+    OpenAi {
+        strip_usage_only_chunks: bool,
+    },
+    /// Anthropic to an Anthropic client: bytes pass, events are read for usage.
+    Anthropic(anthropic::StreamDecoder),
+    Translate(Box<Translator>),
+}
+
+/// A provider's stream in a client's format.
+pub(crate) struct Translator {
+    pub framing: Framing,
+    pub decoder: Decoder,
+    pub encoder: Encoder,
+    /// Set when the provider may report no usage: the prompt, to count its tokens; the
+    /// answer's text is collected as it streams.
+    pub estimate: Option<Box<ChatRequest>>,
+    pub completion: String,
+}
+
+pub(crate) enum Framing {
+    Sse(sse::Parser),
+    EventStream(eventstream::Decoder),
+}
+
+pub(crate) enum Decoder {
+    OpenAi(openai::StreamDecoder),
+    Anthropic(anthropic::StreamDecoder),
+    Gemini(gemini::StreamDecoder),
+    Cohere(cohere::StreamDecoder),
+    Bedrock(bedrock::StreamDecoder),
+}
+
+pub(crate) enum Encoder {
+    OpenAi(openai::StreamEncoder),
+    Anthropic(anthropic::StreamEncoder),
+}
+
+impl Encoder {
+    fn encode(&mut self, delta: Delta, out: &mut Vec<u8>) {
+        match self {
+            Encoder::OpenAi(encoder) => encoder.encode(delta, out),
+            Encoder::Anthropic(encoder) => encoder.encode(delta, out),
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        match self {
+            Encoder::OpenAi(encoder) => encoder.finish(out),
+            Encoder::Anthropic(encoder) => encoder.finish(out),
+        }
+    }
+}
+
+impl Decoder {
+    fn complete(&self) -> bool {
+        match self {
+            Decoder::OpenAi(decoder) => decoder.complete(),
+            Decoder::Anthropic(decoder) => decoder.complete(),
+            Decoder::Gemini(decoder) => decoder.complete(),
+            Decoder::Cohere(decoder) => decoder.complete(),
+            Decoder::Bedrock(decoder) => decoder.complete(),
+        }
+    }
+}
+
+/// What one upstream chunk produced.
+enum Step {
+    Bytes(Option<Bytes>),
+    Failed(String),
+}
+
+impl Translator {
+    /// Decodes what `chunk` completes and encodes it for the client into `out`.
+    fn push(
+        &mut self,
+        chunk: &[u8],
+        usage: &mut Option<Usage>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let mut deltas = Vec::new();
+        match &mut self.framing {
+            Framing::Sse(parser) => {
+                let mut events = Vec::new();
+                parser.push(chunk, &mut events).map_err(|e| e.to_string())?;
+                for event in events {
+                    deltas.extend(self.decoder_sse(&event).map_err(|f| f.to_string())?);
+                }
+            }
+            Framing::EventStream(frames) => {
+                let mut messages = Vec::new();
+                frames
+                    .push(chunk, &mut messages)
+                    .map_err(|e| e.to_string())?;
+                for message in messages {
+                    let Decoder::Bedrock(decoder) = &mut self.decoder else {
+                        return Err("event-stream framing needs the Bedrock decoder".to_owned());
+                    };
+                    deltas.extend(decoder.decode(&message).map_err(|f| f.to_string())?);
+                }
+            }
+        }
+        self.emit(deltas, usage, out);
+        Ok(())
+    }
+
+    fn decoder_sse(&mut self, event: &sse::Event) -> Result<Vec<Delta>, StreamFailure> {
+        match &mut self.decoder {
+            Decoder::OpenAi(decoder) => decoder.decode(&event.data),
+            Decoder::Anthropic(decoder) => decoder.decode(&event.data),
+            Decoder::Gemini(decoder) => decoder.decode(&event.data),
+            Decoder::Cohere(decoder) => decoder.decode(&event.data),
+            Decoder::Bedrock(_) => Err(StreamFailure::Malformed(
+                "Bedrock streams are not SSE".to_owned(),
+            )),
+        }
+    }
+
+    fn emit(&mut self, deltas: Vec<Delta>, usage: &mut Option<Usage>, out: &mut Vec<u8>) {
+        for delta in deltas {
+            match &delta {
+                Delta::Usage(reported) => *usage = Some(*reported),
+                Delta::Text { text, .. } | Delta::Thinking { text, .. }
+                    if self.estimate.is_some() =>
+                {
+                    self.completion.push_str(text);
+                }
+                Delta::ToolCallStart { name, .. } if self.estimate.is_some() => {
+                    self.completion.push_str(name)
+                }
+                Delta::ToolCallArguments { fragment, .. } if self.estimate.is_some() => {
+                    self.completion.push_str(fragment);
+                }
+                _ => {}
+            }
+            self.encoder.encode(delta, out);
+        }
+    }
+
+    /// At the end of the upstream: the closing events if the provider finished properly.
+    fn finish(&mut self, usage: &mut Option<Usage>, out: &mut Vec<u8>) -> Result<(), String> {
+        if let Framing::Sse(parser) = &mut self.framing {
+            let mut events = Vec::new();
+            parser.finish(&mut events);
+            let mut deltas = Vec::new();
+            for event in events {
+                deltas.extend(self.decoder_sse(&event).map_err(|f| f.to_string())?);
+            }
+            self.emit(deltas, usage, out);
+        }
+        if !self.decoder.complete() {
+            return Err(
+                "The upstream stream ended before the provider said it was done.".to_owned(),
+            );
+        }
+        if usage.is_none()
+            && let Some(request) = &self.estimate
+        {
+            let estimated = crate::usage::estimate(request, &self.completion);
+            self.encoder.encode(Delta::Usage(estimated), out);
+            *usage = Some(estimated);
+        }
+        self.encoder.finish(out);
+        Ok(())
+    }
+}
 
 pub(crate) fn sse_response(
     gateway: Arc<Gateway>,
@@ -33,12 +208,12 @@ pub(crate) fn sse_response(
     exchange: Exchange,
     upstream: UpstreamStream,
     upstream_started: Instant,
-    strip_usage_only_chunks: bool,
+    transcoder: Transcoder,
 ) -> Response {
     let relay = Relay {
         upstream,
         pending: BytesMut::new(),
-        strip_usage_only_chunks,
+        transcoder,
         saw_done: false,
         finished: false,
         record: Some(Record {
@@ -72,9 +247,9 @@ struct Record {
 
 struct Relay {
     upstream: UpstreamStream,
-    /// An incomplete event carried over to the next upstream chunk.
+    /// An incomplete event carried over to the next upstream chunk (pass-through modes).
     pending: BytesMut,
-    strip_usage_only_chunks: bool,
+    transcoder: Transcoder,
     saw_done: bool,
     finished: bool,
     record: Option<Record>,
@@ -104,41 +279,89 @@ impl Relay {
         self.record.as_mut().map(|record| &mut record.exchange)
     }
 
-    /// Returns the complete events received so far, ready to send, if any.
-    fn take_events(&mut self, chunk: Bytes) -> Option<Bytes> {
+    fn client(&self) -> ClientFormat {
+        self.record
+            .as_ref()
+            .map(|record| record.context.format)
+            .unwrap_or(ClientFormat::OpenAi)
+    }
+
+    /// The client-format bytes `chunk` completes, if any.
+    fn take_events(&mut self, chunk: Bytes) -> Step {
         if let Some(record) = self.record.as_mut()
             && record.exchange.ttft.is_none()
         {
             record.exchange.ttft = Some(record.context.started.elapsed());
         }
+        if let Transcoder::Translate(translator) = &mut self.transcoder {
+            let mut out = Vec::new();
+            let mut usage = self.record.as_ref().and_then(|r| r.exchange.usage);
+            let result = translator.push(&chunk, &mut usage, &mut out);
+            if let Some(exchange) = self.exchange() {
+                exchange.usage = usage;
+            }
+            return match result {
+                Ok(()) => Step::Bytes((!out.is_empty()).then(|| Bytes::from(out))),
+                Err(error) => Step::Failed(error),
+            };
+        }
         let region = if self.pending.is_empty() && last_boundary_end(&chunk) == Some(chunk.len()) {
             chunk
         } else {
             self.pending.extend_from_slice(&chunk);
-            let end = last_boundary_end(&self.pending)?;
+            let Some(end) = last_boundary_end(&self.pending) else {
+                return Step::Bytes(None);
+            };
             self.pending.split_to(end).freeze()
         };
-        Some(self.inspect(region))
+        Step::Bytes(Some(self.inspect(region)))
     }
 
+    /// Reads usage (and the end marker) out of whole pass-through events.
     fn inspect(&mut self, region: Bytes) -> Bytes {
-        if memchr::memmem::find(&region, b"[DONE]").is_some() {
-            self.saw_done = true;
+        match &mut self.transcoder {
+            Transcoder::OpenAi { .. } => {
+                if has_line(&region, b"data: [DONE]") {
+                    self.saw_done = true;
+                }
+            }
+            Transcoder::Anthropic(_) => {
+                if has_line(&region, b"event: message_stop") {
+                    self.saw_done = true;
+                }
+            }
+            Transcoder::Translate(_) => return region,
         }
         if !has_usage_object(&region) {
             return region;
         }
+        let strip = matches!(
+            self.transcoder,
+            Transcoder::OpenAi {
+                strip_usage_only_chunks: true
+            }
+        );
         let mut kept = Vec::with_capacity(region.len());
         let mut start = 0;
         for end in boundary_ends(&region) {
             let event = &region[start..end];
             start = end;
             let data = event_data(event);
-            if let Some((usage, usage_only)) = chunk_usage(&data) {
+            let usage = match &mut self.transcoder {
+                Transcoder::OpenAi { .. } => openai::chunk_usage(&data),
+                Transcoder::Anthropic(decoder) => decoder.decode(&data).ok().and_then(|deltas| {
+                    deltas.into_iter().rev().find_map(|d| match d {
+                        Delta::Usage(usage) => Some((usage, false)),
+                        _ => None,
+                    })
+                }),
+                Transcoder::Translate(_) => None,
+            };
+            if let Some((usage, usage_only)) = usage {
                 if let Some(exchange) = self.exchange() {
                     exchange.usage = Some(usage);
                 }
-                if usage_only && self.strip_usage_only_chunks {
+                if usage_only && strip {
                     continue;
                 }
             }
@@ -146,6 +369,48 @@ impl Relay {
         }
         kept.extend_from_slice(&region[start..]);
         Bytes::from(kept)
+    }
+
+    /// Ends the stream: the last bytes, and whether the provider finished properly.
+    fn close(&mut self) -> (Vec<u8>, Result<(), String>) {
+        let mut out = Vec::new();
+        match &mut self.transcoder {
+            Transcoder::Translate(translator) => {
+                let mut usage = self.record.as_ref().and_then(|r| r.exchange.usage);
+                let result = translator.finish(&mut usage, &mut out);
+                if let Some(exchange) = self.exchange() {
+                    exchange.usage = usage;
+                }
+                (out, result)
+            }
+            _ => {
+                let rest = self.pending.split().freeze();
+                if !rest.is_empty() {
+                    out.extend_from_slice(&self.inspect(rest));
+                }
+                if self.saw_done {
+                    (out, Ok(()))
+                } else {
+                    if !out.is_empty() && !out.ends_with(b"\n\n") {
+                        out.extend_from_slice(b"\n\n");
+                    }
+                    (
+                        out,
+                        Err(
+                            "The upstream stream ended before the provider said it was done."
+                                .to_owned(),
+                        ),
+                    )
+                }
+            }
+        }
+    }
+
+    fn error_event(&self, message: &str, out: &mut Vec<u8>) {
+        match self.client() {
+            ClientFormat::OpenAi => openai::stream_error("upstream_stream_error", message, out),
+            ClientFormat::Anthropic => anthropic::stream_error("api_error", message, out),
+        }
     }
 }
 
@@ -195,39 +460,31 @@ impl Stream for Relay {
                 }
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.idle_turns = 0;
-                    if let Some(events) = this.take_events(chunk) {
-                        this.frame.push(events);
+                    match this.take_events(chunk) {
+                        Step::Bytes(Some(events)) => this.frame.push(events),
+                        Step::Bytes(None) => {}
+                        Step::Failed(error) => return Poll::Ready(Some(Ok(this.fail(&error)))),
                     }
                     if this.frame.len() >= MAX_FRAME {
                         return Poll::Ready(Some(Ok(std::mem::take(&mut this.frame).into_bytes())));
                     }
                 }
-                Poll::Ready(Some(Err(error))) => {
-                    // A partial event would be a truncated JSON line: drop it, end with an error
-                    // event the SDKs raise.
-                    this.pending.clear();
-                    let message = format!("The upstream stream failed: {error}");
-                    let mut frame = std::mem::take(&mut this.frame);
-                    frame.push(error_event(&message));
-                    this.finish(StatusCode::BAD_GATEWAY.as_u16(), Some(("stream", message)));
-                    return Poll::Ready(Some(Ok(frame.into_bytes())));
-                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Ok(this.fail(&error)))),
                 Poll::Ready(None) => {
                     let mut frame = std::mem::take(&mut this.frame);
-                    let rest = this.pending.split().freeze();
-                    if !rest.is_empty() {
-                        let rest = this.inspect(rest);
-                        frame.push(rest);
-                    }
-                    if this.saw_done {
-                        this.finish(StatusCode::OK.as_u16(), None);
-                    } else {
-                        let message = "The upstream stream ended before `data: [DONE]`.".to_owned();
-                        if !frame.is_empty() && !frame.ends_with_blank_line() {
-                            frame.push(Bytes::from_static(b"\n\n"));
+                    let (rest, result) = this.close();
+                    frame.push(Bytes::from(rest));
+                    match result {
+                        Ok(()) => this.finish(StatusCode::OK.as_u16(), None),
+                        Err(message) => {
+                            let mut event = Vec::new();
+                            this.error_event(&message, &mut event);
+                            frame.push(Bytes::from(event));
+                            this.finish(
+                                StatusCode::BAD_GATEWAY.as_u16(),
+                                Some(("stream", message)),
+                            );
                         }
-                        frame.push(error_event(&message));
-                        this.finish(StatusCode::BAD_GATEWAY.as_u16(), Some(("stream", message)));
                     }
                     return Poll::Ready(if frame.is_empty() {
                         None
@@ -237,6 +494,21 @@ impl Stream for Relay {
                 }
             }
         }
+    }
+}
+
+impl Relay {
+    /// The upstream stream broke: what was complete goes out, then an error event the SDKs
+    /// raise. A partial event would be a truncated JSON line, so it is dropped.
+    fn fail(&mut self, error: &str) -> Bytes {
+        self.pending.clear();
+        let message = format!("The upstream stream failed: {error}");
+        let mut frame = std::mem::take(&mut self.frame);
+        let mut event = Vec::new();
+        self.error_event(&message, &mut event);
+        frame.push(Bytes::from(event));
+        self.finish(StatusCode::BAD_GATEWAY.as_u16(), Some(("stream", message)));
+        frame.into_bytes()
     }
 }
 
@@ -279,14 +551,6 @@ impl Frame {
         self.len() == 0
     }
 
-    fn ends_with_blank_line(&self) -> bool {
-        match (&self.merged, &self.first) {
-            (Some(merged), _) => merged.ends_with(b"\n\n"),
-            (None, Some(first)) => first.ends_with(b"\n\n"),
-            (None, None) => true,
-        }
-    }
-
     fn into_bytes(self) -> Bytes {
         match (self.merged, self.first) {
             (Some(merged), _) => merged.freeze(),
@@ -310,18 +574,6 @@ impl Drop for Relay {
     }
 }
 
-/// An OpenAI-style error event; the OpenAI SDKs raise `APIError` on it.
-fn error_event(message: &str) -> Bytes {
-    let body =
-        crate::error::ApiError::new(StatusCode::BAD_GATEWAY, "upstream_stream_error", message)
-            .body();
-    let mut event = Vec::with_capacity(body.len() + 8);
-    event.extend_from_slice(b"data: ");
-    event.extend_from_slice(&body);
-    event.extend_from_slice(b"\n\n");
-    Bytes::from(event)
-}
-
 /// Offsets just past each blank line (`\n\n` or `\n\r\n`) that ends an event.
 fn boundary_ends(buffer: &[u8]) -> impl Iterator<Item = usize> + '_ {
     memchr::memchr_iter(b'\n', buffer).filter_map(move |at| match buffer.get(at + 1) {
@@ -333,6 +585,12 @@ fn boundary_ends(buffer: &[u8]) -> impl Iterator<Item = usize> + '_ {
 
 fn last_boundary_end(buffer: &[u8]) -> Option<usize> {
     boundary_ends(buffer).last()
+}
+
+/// Whether a line of `region` starts with `prefix` (text inside JSON never starts a line).
+fn has_line(region: &[u8], prefix: &[u8]) -> bool {
+    region.starts_with(prefix)
+        || memchr::memmem::find_iter(region, prefix).any(|at| at > 0 && region[at - 1] == b'\n')
 }
 
 fn has_usage_object(region: &[u8]) -> bool {
@@ -379,6 +637,16 @@ mod tests {
             br#"data: {"usage" : { "prompt_tokens":1}}"#
         ));
         assert!(!has_usage_object(br#"data: {"choices":[],"usage":null}"#));
+    }
+
+    #[test]
+    fn end_markers_count_only_at_line_starts() {
+        assert!(has_line(b"data: [DONE]\n\n", b"data: [DONE]"));
+        assert!(has_line(b"data: {}\n\ndata: [DONE]\n\n", b"data: [DONE]"));
+        assert!(!has_line(
+            br#"data: {"content":"data: [DONE]"}"#,
+            b"data: [DONE]"
+        ));
     }
 
     #[test]

@@ -1,29 +1,26 @@
 //! The OpenAI-compatible endpoints.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use atalaya_translate::{cohere, gemini, openai as wire};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt as _;
-use mock_provider::openai as sim_wire;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::chat::{self, Leg, SimAnswer, json};
+use crate::config::ProviderKind;
 use crate::error::ApiError;
-use crate::openai::{ChatRequest, EmbeddingRequest, usage_of};
-use crate::providers::{
-    Adapter, Endpoint, OpenAiUpstream, Route, SIM_CHAT_MODEL, SIM_EMBED_DIMENSIONS,
-    SIM_EMBED_MODEL, UpstreamFailure,
-};
-use crate::relay::{UpstreamStream, sse_response};
-use crate::{Exchange, Gateway, Principal, RequestContext};
+use crate::openai::{ChatRequest, EmbeddingRequest};
+use crate::providers::{Adapter, Call, Route, SIM_EMBED_DIMENSIONS, SIM_EMBED_MODEL, Upstream};
+use crate::relay::{Transcoder, sse_response};
+use crate::{ClientFormat, Exchange, Gateway, Principal, RequestContext};
 
-fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
+pub(crate) fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -40,30 +37,29 @@ fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
     }
 }
 
-/// Puts what the handler learned on the response, for the `data_plane` middleware.
-fn finish(result: Result<Response, ApiError>, mut exchange: Exchange) -> Response {
+/// Puts what the handler learned on the response, for the `data_plane` middleware, and
+/// writes an error in the client's format.
+pub(crate) fn finish(
+    result: Result<Response, ApiError>,
+    mut exchange: Exchange,
+    format: ClientFormat,
+) -> Response {
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
             exchange.error = Some(format!("{}: {}", error.code, error.message));
-            error.into_response()
+            error.into_response_for(format)
         }
     };
     response.extensions_mut().insert(exchange);
     response
 }
 
-fn json(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
-    let mut response = Response::new(body.into());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-fn route_for(gateway: &Gateway, model: &str, exchange: &mut Exchange) -> Result<Route, ApiError> {
+pub(crate) fn route_for(
+    gateway: &Gateway,
+    model: &str,
+    exchange: &mut Exchange,
+) -> Result<Route, ApiError> {
     exchange.model = Some(model.to_owned());
     let route = gateway
         .providers
@@ -72,6 +68,7 @@ fn route_for(gateway: &Gateway, model: &str, exchange: &mut Exchange) -> Result<
     exchange.provider = Some(route.provider.name.clone());
     exchange.upstream_model = Some(route.upstream_model.clone());
     exchange.model_label = Some(route.label.clone());
+    exchange.info = route.info.clone();
     Ok(route)
 }
 
@@ -79,6 +76,7 @@ pub(crate) async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut exchange = Exchange {
@@ -86,233 +84,114 @@ pub(crate) async fn chat_completions(
         ..Exchange::default()
     };
     let result = match body {
-        Ok(body) => chat(&gateway, &context, &mut exchange, body).await,
+        Ok(body) => chat(&gateway, &context, &mut exchange, &headers, body).await,
         Err(rejection) => Err(body_error(rejection, gateway.max_body_bytes)),
     };
-    finish(result, exchange)
+    finish(result, exchange, ClientFormat::OpenAi)
 }
 
 async fn chat(
     gateway: &Arc<Gateway>,
     context: &RequestContext,
     exchange: &mut Exchange,
+    headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request = ChatRequest::parse(&body)?;
     exchange.stream = request.stream;
     let route = route_for(gateway, &request.model, exchange)?;
-    let upstream_started = Instant::now();
+    let leg = Leg {
+        gateway,
+        context,
+        route: &route,
+    };
+    let strip_usage_only_chunks = !request.client_wants_usage;
     match &route.provider.adapter {
-        Adapter::Sim(sim) => {
-            if &*route.upstream_model != SIM_CHAT_MODEL {
-                return Err(not_a_chat_model(&request.model));
+        Adapter::Sim(settings) => {
+            let upstream_started = Instant::now();
+            match chat::sim(settings, &route, &request.model, &body).await? {
+                SimAnswer::Json(bytes) => {
+                    exchange.usage = wire::usage_of(&bytes);
+                    exchange.upstream_time = upstream_started.elapsed();
+                    Ok(json(StatusCode::OK, bytes))
+                }
+                SimAnswer::Stream(stream) => Ok(sse_response(
+                    gateway.clone(),
+                    context.clone(),
+                    exchange.clone(),
+                    stream,
+                    upstream_started,
+                    Transcoder::OpenAi {
+                        strip_usage_only_chunks,
+                    },
+                )),
             }
-            let mut params = sim_wire::parse_chat(&body).map_err(sim_error)?;
-            params.model = route.upstream_model.to_string();
-            // Like a real upstream asked by the gateway: usage always comes, the relay strips it.
-            params.include_usage = params.stream;
-            if !sim.latency.is_zero() {
-                tokio::time::sleep(sim.latency).await;
-            }
-            let answer = sim_wire::ChatAnswer::generate(&params);
-            if !request.stream {
-                let bytes = answer.json();
-                exchange.usage = usage_of(&bytes);
-                exchange.upstream_time = upstream_started.elapsed();
-                return Ok(json(StatusCode::OK, bytes));
-            }
-            let gap = if sim.tokens_per_second > 0.0 {
-                Duration::from_secs_f64(1.0 / sim.tokens_per_second)
-            } else {
-                Duration::ZERO
+        }
+        Adapter::Upstream(upstream)
+            if matches!(upstream.kind, ProviderKind::OpenAi | ProviderKind::Azure)
+                && request.passes_through(&upstream.quirks) =>
+        {
+            let upstream_body = request.upstream_body(&route.upstream_model, &upstream.quirks);
+            let upstream_started = Instant::now();
+            let call = Call::Chat {
+                model: &route.upstream_model,
+                stream: request.stream,
             };
-            let stream: UpstreamStream =
-                Box::pin(mock_provider::paced(answer.events(), gap).map(Ok));
-            Ok(sse_response(
-                gateway.clone(),
-                context.clone(),
-                exchange.clone(),
-                stream,
-                upstream_started,
-                !request.client_wants_usage,
+            let response = upstream
+                .post(call, upstream_body, &context.id, &[])
+                .await
+                .map_err(|failure| chat::upstream_failure(&route, failure, exchange))?;
+            let notes = chat::rate_limit_notes(upstream.kind, response.headers());
+            if !request.stream || !response.status().is_success() {
+                let answer =
+                    complete(upstream, &route, response, upstream_started, exchange).await?;
+                return Ok(chat::with_notes(answer, notes));
+            }
+            Ok(chat::with_notes(
+                sse_response(
+                    gateway.clone(),
+                    context.clone(),
+                    exchange.clone(),
+                    chat::upstream_stream(response),
+                    upstream_started,
+                    Transcoder::OpenAi {
+                        strip_usage_only_chunks,
+                    },
+                ),
+                notes,
             ))
         }
-        Adapter::OpenAi(upstream) => {
-            let upstream_body = request.upstream_body(&route.upstream_model);
-            let response = upstream
-                .post(Endpoint::Chat, upstream_body, &context.id)
-                .await
-                .map_err(|failure| upstream_failure(&route, failure, exchange))?;
-            if !request.stream || !response.status().is_success() {
-                return complete(upstream, &route, response, upstream_started, exchange).await;
-            }
-            let stream: UpstreamStream = Box::pin(
-                response
-                    .bytes_stream()
-                    .map(|chunk| chunk.map_err(|error| crate::providers::error_chain(&error))),
-            );
-            Ok(sse_response(
-                gateway.clone(),
-                context.clone(),
-                exchange.clone(),
-                stream,
-                upstream_started,
-                !request.client_wants_usage,
-            ))
+        Adapter::Upstream(upstream) => {
+            let drop = chat::drop_requested(headers);
+            let mut canonical = wire::decode_request(&body, &upstream.target(drop))?;
+            canonical.model = route.upstream_model.to_string();
+            chat::translated(&leg, upstream, canonical, drop, exchange).await
         }
     }
 }
 
-/// Reads a whole upstream answer and passes it on: success bodies untouched, errors mapped.
+/// Reads a whole OpenAI-format answer and passes it on: success bodies untouched, errors mapped.
 async fn complete(
-    upstream: &OpenAiUpstream,
+    upstream: &Upstream,
     route: &Route,
     response: reqwest::Response,
     upstream_started: Instant,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
-    let status = response.status();
-    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-    let remaining = upstream.timeout.saturating_sub(upstream_started.elapsed());
-    let bytes = upstream
-        .read_body(response, remaining)
-        .await
-        .map_err(|failure| upstream_failure(route, failure, exchange))?;
-    exchange.upstream_time = upstream_started.elapsed();
+    let (status, headers, bytes) =
+        chat::read(upstream, route, response, upstream_started, exchange).await?;
     if status.is_success() {
-        exchange.usage = usage_of(&bytes);
+        exchange.usage = wire::usage_of(&bytes);
         return Ok(json(StatusCode::OK, bytes));
     }
-    Err(upstream_status_error(
+    Err(chat::upstream_status_error(
         route,
+        upstream.kind,
         status,
+        &headers,
         &bytes,
-        retry_after,
         exchange,
     ))
-}
-
-fn not_a_chat_model(model: &str) -> ApiError {
-    ApiError::invalid_request(
-        "model_not_supported",
-        format!("The model `{model}` is an embedding model; use it with /v1/embeddings."),
-    )
-    .with_param("model")
-}
-
-fn sim_error(error: sim_wire::ApiError) -> ApiError {
-    ApiError::invalid_request(error.code.unwrap_or("invalid_request"), error.message)
-}
-
-fn upstream_failure(route: &Route, failure: UpstreamFailure, exchange: &mut Exchange) -> ApiError {
-    let provider = &route.provider.name;
-    let (class, error) = match failure {
-        UpstreamFailure::Connect(detail) => {
-            tracing::warn!(provider = %provider, error = %detail, "Upstream connection failed.");
-            (
-                "connect",
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unreachable",
-                    format!(
-                        "The provider `{provider}` could not be reached. Retry later or check its base_url."
-                    ),
-                ),
-            )
-        }
-        UpstreamFailure::Timeout(limit) => (
-            "timeout",
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                format!(
-                    "The provider `{provider}` did not answer within {} ms (providers.timeout_ms).",
-                    limit.as_millis()
-                ),
-            ),
-        ),
-        UpstreamFailure::Other(detail) => {
-            tracing::warn!(provider = %provider, error = %detail, "Upstream call failed.");
-            (
-                "other",
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    format!("The call to provider `{provider}` failed before an answer arrived."),
-                ),
-            )
-        }
-    };
-    exchange.upstream_error_class = Some(class);
-    error
-}
-
-/// Maps an upstream's error status for the client: client errors pass through with the
-/// provider's message, authentication problems become the gateway's 502 (the client's key
-/// was fine; the configured upstream key was not), server errors become 502.
-fn upstream_status_error(
-    route: &Route,
-    status: reqwest::StatusCode,
-    body: &[u8],
-    retry_after: Option<HeaderValue>,
-    exchange: &mut Exchange,
-) -> ApiError {
-    let provider = &route.provider.name;
-    let upstream_message = upstream_error_message(body);
-    exchange.upstream_error_class = Some(if status.is_server_error() {
-        "status_5xx"
-    } else {
-        "status_4xx"
-    });
-    let detail = upstream_message
-        .as_deref()
-        .map(|m| format!(": {m}"))
-        .unwrap_or_default();
-    match status.as_u16() {
-        401 | 403 => {
-            tracing::error!(provider = %provider, status = status.as_u16(), "Upstream rejected the configured API key.");
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_auth_failed",
-                format!(
-                    "The provider `{provider}` rejected the gateway's credentials (HTTP {status}). An operator must fix its api_key."
-                ),
-            )
-        }
-        429 => {
-            let mut error = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "upstream_rate_limited",
-                format!("The provider `{provider}` is rate limiting requests{detail}"),
-            );
-            error.retry_after = retry_after;
-            error
-        }
-        400..=499 => ApiError::new(
-            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_REQUEST),
-            "upstream_rejected",
-            format!("The provider `{provider}` rejected the request (HTTP {status}){detail}"),
-        ),
-        _ => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream_error",
-            format!("The provider `{provider}` failed (HTTP {status}){detail}"),
-        ),
-    }
-}
-
-/// The `error.message` of an OpenAI-style error body, if that is what it is.
-fn upstream_error_message(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Outer {
-        error: Inner,
-    }
-    #[derive(serde::Deserialize)]
-    struct Inner {
-        message: Option<String>,
-    }
-    let outer: Outer = serde_json::from_slice(body).ok()?;
-    outer.error.message.map(|m| m.chars().take(500).collect())
 }
 
 pub(crate) async fn embeddings(
@@ -330,7 +209,7 @@ pub(crate) async fn embeddings(
         Ok(body) => embed(&gateway, &context, &mut exchange, body).await,
         Err(rejection) => Err(body_error(rejection, gateway.max_body_bytes)),
     };
-    finish(result, exchange)
+    finish(result, exchange, ClientFormat::OpenAi)
 }
 
 async fn embed(
@@ -342,7 +221,7 @@ async fn embed(
     let request = EmbeddingRequest::parse(&body)?;
     let route = route_for(gateway, &request.model, exchange)?;
     let upstream_started = Instant::now();
-    match &route.provider.adapter {
+    let upstream = match &route.provider.adapter {
         Adapter::Sim(sim) => {
             if &*route.upstream_model != SIM_EMBED_MODEL {
                 return Err(ApiError::invalid_request(
@@ -354,28 +233,83 @@ async fn embed(
                 )
                 .with_param("model"));
             }
-            let mut params = sim_wire::parse_embeddings(&body).map_err(sim_error)?;
+            let mut params =
+                mock_provider::openai::parse_embeddings(&body).map_err(chat::sim_error)?;
             params.model = route.upstream_model.to_string();
             if !sim.latency.is_zero() {
                 tokio::time::sleep(sim.latency).await;
             }
-            let bytes =
-                sim_wire::embeddings_json(&params, SIM_EMBED_DIMENSIONS).map_err(sim_error)?;
-            exchange.usage = usage_of(&bytes);
+            let bytes = mock_provider::openai::embeddings_json(&params, SIM_EMBED_DIMENSIONS)
+                .map_err(chat::sim_error)?;
+            exchange.usage = wire::usage_of(&bytes);
             exchange.upstream_time = upstream_started.elapsed();
-            Ok(json(StatusCode::OK, bytes))
+            return Ok(json(StatusCode::OK, bytes));
         }
-        Adapter::OpenAi(upstream) => {
+        Adapter::Upstream(upstream) => upstream,
+    };
+    let model = &route.upstream_model;
+    match upstream.kind {
+        ProviderKind::OpenAi | ProviderKind::Azure => {
             let response = upstream
                 .post(
-                    Endpoint::Embeddings,
-                    request.upstream_body(&route.upstream_model),
+                    Call::Embed { model, batch: true },
+                    request.upstream_body(model),
                     &context.id,
+                    &[],
                 )
                 .await
-                .map_err(|failure| upstream_failure(&route, failure, exchange))?;
+                .map_err(|failure| chat::upstream_failure(&route, failure, exchange))?;
             complete(upstream, &route, response, upstream_started, exchange).await
         }
+        ProviderKind::Gemini | ProviderKind::Cohere => {
+            let texts = request.texts()?;
+            let (call_body, batch) = match upstream.kind {
+                ProviderKind::Gemini => gemini::encode_embeddings(model, &texts, request.dimensions()),
+                _ => (cohere::encode_embeddings(model, &texts, request.dimensions()), true),
+            };
+            let response = upstream
+                .post(Call::Embed { model, batch }, call_body, &context.id, &[])
+                .await
+                .map_err(|failure| chat::upstream_failure(&route, failure, exchange))?;
+            let (status, headers, bytes) =
+                chat::read(upstream, &route, response, upstream_started, exchange).await?;
+            if !status.is_success() {
+                return Err(chat::upstream_status_error(&route, upstream.kind, status, &headers, &bytes, exchange));
+            }
+            let (vectors, billed) = match upstream.kind {
+                ProviderKind::Gemini => (gemini::decode_embeddings(&bytes)?, None),
+                _ => cohere::decode_embeddings(&bytes)?,
+            };
+            if vectors.len() != texts.len() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_bad_response",
+                    format!("The provider returned {} embeddings for {} inputs.", vectors.len(), texts.len()),
+                ));
+            }
+            let usage = match billed {
+                Some(tokens) => atalaya_translate::Usage {
+                    prompt_tokens: tokens,
+                    ..Default::default()
+                },
+                None => crate::usage::estimate_texts(&texts),
+            };
+            exchange.usage = Some(usage);
+            Ok(json(
+                StatusCode::OK,
+                wire::encode_embeddings(&vectors, model, &usage, request.base64()),
+            ))
+        }
+        ProviderKind::Anthropic | ProviderKind::Bedrock => Err(ApiError::invalid_request(
+            "model_not_supported",
+            format!(
+                "The model `{}` is served by `{}`, a {} provider, which has no embeddings API through atalaya.",
+                request.model,
+                route.provider.name,
+                upstream.kind.as_str()
+            ),
+        )
+        .with_param("model")),
     }
 }
 
@@ -421,6 +355,7 @@ pub(crate) async fn list_models(
         })
         .into_response()),
         exchange,
+        ClientFormat::OpenAi,
     )
 }
 
@@ -428,7 +363,6 @@ pub(crate) async fn get_model(
     State(gateway): State<Arc<Gateway>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    _headers: HeaderMap,
 ) -> Response {
     let exchange = Exchange {
         key_id: principal.key_id(),
@@ -444,5 +378,5 @@ pub(crate) async fn get_model(
         .into_response()),
         None => Err(ApiError::model_not_found(&id)),
     };
-    finish(result, exchange)
+    finish(result, exchange, ClientFormat::OpenAi)
 }

@@ -25,6 +25,12 @@ pub struct RequestLogRow {
     pub ttft_ms: Option<f64>,
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,
+    /// Prompt tokens read from the provider's cache.
+    pub cached_tokens: Option<i64>,
+    /// The token counts were estimated by the gateway (the provider reported none).
+    pub usage_estimated: bool,
+    /// USD at catalog prices; absent when the model's prices are unknown.
+    pub cost_usd: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -49,7 +55,8 @@ pub struct LogPage {
 macro_rules! columns {
     () => {
         "seq, request_id, created_at_ms, key_id, endpoint, model, provider, upstream_model, \
-         stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, error"
+         stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cached_tokens, \
+         usage_estimated, cost_usd, error"
     };
 }
 
@@ -60,11 +67,12 @@ impl Store {
             return Ok(());
         }
         let mut transaction = self.pool.begin().await?;
-        // 14 binds a row; SQLite allows 32,766 per statement.
+        // 17 binds a row; SQLite allows 32,766 per statement.
         for chunk in rows.chunks(1_000) {
             let mut builder = QueryBuilder::new(
                 "INSERT INTO request_logs (request_id, created_at_ms, key_id, endpoint, model, provider, \
-                 upstream_model, stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, error) ",
+                 upstream_model, stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, \
+                 cached_tokens, usage_estimated, cost_usd, error) ",
             );
             builder.push_values(chunk, |mut values, row| {
                 values
@@ -81,6 +89,9 @@ impl Store {
                     .push_bind(row.ttft_ms)
                     .push_bind(row.prompt_tokens)
                     .push_bind(row.completion_tokens)
+                    .push_bind(row.cached_tokens)
+                    .push_bind(row.usage_estimated)
+                    .push_bind(row.cost_usd)
                     .push_bind(&row.error);
             });
             builder.build().execute(&mut *transaction).await?;

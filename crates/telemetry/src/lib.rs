@@ -23,6 +23,9 @@ pub mod names {
     pub const UPSTREAM_ERRORS: &str = "atalaya_upstream_errors_total";
     /// Tokens by `provider`, `model` and `kind` (prompt, completion).
     pub const TOKENS: &str = "atalaya_tokens_total";
+    /// USD spent at catalog prices since start, by `provider` and `model`. A gauge only because
+    /// the recorder's counters are integers: it never decreases, so `rate()` applies.
+    pub const COST: &str = "atalaya_cost_usd";
     /// Request-log rows written to storage.
     pub const LOG_ROWS_WRITTEN: &str = "atalaya_request_log_rows_written_total";
     /// Request-log rows dropped because the bounded buffer was full.
@@ -72,6 +75,11 @@ fn describe() {
     describe_counter!(
         REQUESTS,
         "Data-plane requests by endpoint, model, provider and status."
+    );
+    describe_gauge!(
+        COST,
+        Unit::Count,
+        "USD spent at catalog prices since start, by provider and model; never decreases."
     );
     describe_histogram!(
         REQUEST_DURATION,

@@ -224,7 +224,11 @@ pub fn decode_request(body: &[u8], target: &Target) -> Result<ChatRequest, Trans
 
 /// Anthropic's own wording for a missing field.
 fn required(name: &str) -> TranslateError {
-    TranslateError::invalid(Some(name.to_owned()), format!("{name}: Field required"))
+    TranslateError::coded(
+        "missing_required_parameter",
+        Some(name.to_owned()),
+        format!("{name}: Field required"),
+    )
 }
 
 enum Block {
@@ -1199,6 +1203,18 @@ impl StreamEncoder {
         );
         wire::sse_frame(out, Some("message_stop"), &json!({"type": "message_stop"}));
     }
+}
+
+/// The usage of a complete `message` body.
+pub fn usage_of(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct WithUsage {
+        usage: Option<WireUsage>,
+    }
+    serde_json::from_slice::<WithUsage>(body)
+        .ok()
+        .and_then(|w| w.usage)
+        .map(WireUsage::canonical)
 }
 
 /// Anthropic's error `type` for an HTTP status.

@@ -34,6 +34,9 @@ pub enum TranslateError {
     /// The client's request is malformed for its own format.
     #[error("{message}")]
     Invalid {
+        /// A stable snake_case code: `invalid_json`, `invalid_type`,
+        /// `missing_required_parameter` or `invalid_value`.
+        code: &'static str,
         message: String,
         param: Option<String>,
     },
@@ -54,7 +57,16 @@ pub enum TranslateError {
 
 impl TranslateError {
     pub fn invalid(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        TranslateError::coded("invalid_value", param, message)
+    }
+
+    pub fn coded(
+        code: &'static str,
+        param: impl Into<Option<String>>,
+        message: impl Into<String>,
+    ) -> Self {
         TranslateError::Invalid {
+            code,
             message: message.into(),
             param: param.into(),
         }

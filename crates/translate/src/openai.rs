@@ -1257,6 +1257,62 @@ impl StreamEncoder {
     }
 }
 
+/// The `usage` of a complete `chat.completion` (or embeddings) body, other fields skipped
+/// unparsed.
+pub fn usage_of(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct WithUsage {
+        usage: Option<WireUsage>,
+    }
+    serde_json::from_slice::<WithUsage>(body)
+        .ok()
+        .and_then(|w| w.usage)
+        .map(WireUsage::canonical)
+}
+
+/// A streamed chunk's usage, and whether it is a usage-only chunk (no choices).
+pub fn chunk_usage(data: &[u8]) -> Option<(Usage, bool)> {
+    #[derive(Deserialize)]
+    struct Chunk {
+        #[serde(default)]
+        choices: Vec<serde::de::IgnoredAny>,
+        usage: Option<WireUsage>,
+    }
+    let chunk: Chunk = serde_json::from_slice(data).ok()?;
+    chunk
+        .usage
+        .map(|usage| (usage.canonical(), chunk.choices.is_empty()))
+}
+
+/// An embeddings list body, vectors as floats or base64 (little-endian `f32`s, as OpenAI).
+pub fn encode_embeddings(
+    vectors: &[Vec<f32>],
+    model: &str,
+    usage: &Usage,
+    base64: bool,
+) -> Vec<u8> {
+    use base64::Engine as _;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    wire::to_vec(&json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+    }))
+}
+
 /// An error event for an OpenAI stream that failed after it started; the SDKs raise it.
 pub fn stream_error(code: &str, message: &str, out: &mut Vec<u8>) {
     wire::sse_frame(

@@ -36,13 +36,15 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
 
 pub(crate) fn parse_object(body: &[u8]) -> Result<RawObject<'_>, TranslateError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(TranslateError::invalid(
+        return Err(TranslateError::coded(
+            "invalid_json",
             None,
             "The request body is empty; send a JSON object.",
         ));
     }
     serde_json::from_slice::<RawObject<'_>>(body).map_err(|error| {
-        TranslateError::invalid(
+        TranslateError::coded(
+            "invalid_json",
             None,
             format!("The request body is not valid JSON ({error}); send a JSON object with Content-Type: application/json."),
         )
@@ -74,7 +76,8 @@ pub(crate) fn field<T: DeserializeOwned>(
     serde_json::from_str(raw.get()).map_err(|error| {
         let detail = error.to_string();
         let detail = detail.split(" at line").next().unwrap_or(&detail);
-        TranslateError::invalid(
+        TranslateError::coded(
+            "invalid_type",
             Some(name.to_owned()),
             format!(
                 "Invalid '{name}': expected {expected}, but got {} ({detail}).",
@@ -99,7 +102,8 @@ pub(crate) fn value_field<T: DeserializeOwned>(
 }
 
 pub(crate) fn missing(name: &str) -> TranslateError {
-    TranslateError::invalid(
+    TranslateError::coded(
+        "missing_required_parameter",
         Some(name.to_owned()),
         format!("Missing required parameter: '{name}'."),
     )

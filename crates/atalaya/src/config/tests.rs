@@ -207,14 +207,18 @@ fn the_example_file_loads_and_documents_every_key() {
         "[sim]\n__probe = 1",
         "[[providers]]\nname = \"x\"\ntype = \"openai\"\n__probe = 1",
         "[[models]]\nname = \"x\"\nprovider = \"p\"\nmodel = \"m\"\n__probe = 1",
+        "[[providers]]\nname = \"x\"\ntype = \"openai\"\n[providers.quirks]\n__probe = 1",
+        "[catalog]\n__probe = 1",
+        "[[catalog.models]]\nprovider = \"p\"\nmodel = \"m\"\n__probe = 1",
     ];
     for probe in probes {
         for key in accepted_keys(probe) {
             let documented = text.lines().any(|line| {
                 let line = line.trim_start();
+                let table = line.trim_start_matches('[').trim_end_matches(']');
                 line.starts_with(&format!("{key} ="))
-                    || line.starts_with(&format!("[{key}]"))
-                    || line.starts_with(&format!("[[{key}]]"))
+                    || (line.starts_with('[')
+                        && (table == key || table.ends_with(&format!(".{key}"))))
             });
             assert!(
                 documented,

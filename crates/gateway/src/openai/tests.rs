@@ -10,7 +10,7 @@ fn upstream_body_replaces_model_and_keeps_everything_else() {
     let request = ChatRequest::parse(body).unwrap();
     assert_eq!(request.model, "fast");
     assert!(!request.stream);
-    let upstream = value(&request.upstream_body("gpt-4o-mini"));
+    let upstream = value(&request.upstream_body("gpt-4o-mini", &Quirks::default()));
     let mut expected = value(body);
     expected["model"] = "gpt-4o-mini".into();
     assert_eq!(upstream, expected);
@@ -24,7 +24,7 @@ fn streams_always_ask_for_usage_and_remember_who_asked() {
     .unwrap();
     assert!(plain.stream && !plain.client_wants_usage);
     assert_eq!(
-        value(&plain.upstream_body("u"))["stream_options"]["include_usage"],
+        value(&plain.upstream_body("u", &Quirks::default()))["stream_options"]["include_usage"],
         true
     );
 
@@ -33,7 +33,7 @@ fn streams_always_ask_for_usage_and_remember_who_asked() {
     )
     .unwrap();
     assert!(asked.client_wants_usage);
-    let upstream = value(&asked.upstream_body("u"));
+    let upstream = value(&asked.upstream_body("u", &Quirks::default()));
     assert_eq!(upstream["stream_options"]["other"], 1);
 
     let declined = ChatRequest::parse(
@@ -42,7 +42,7 @@ fn streams_always_ask_for_usage_and_remember_who_asked() {
     .unwrap();
     assert!(!declined.client_wants_usage);
     assert_eq!(
-        value(&declined.upstream_body("u"))["stream_options"]["include_usage"],
+        value(&declined.upstream_body("u", &Quirks::default()))["stream_options"]["include_usage"],
         true
     );
 }
@@ -158,21 +158,20 @@ fn embeddings_require_input() {
 }
 
 #[test]
-fn usage_is_found_in_bodies_and_chunks() {
-    assert_eq!(
-        usage_of(
-            br#"{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#
-        ),
-        Some(Usage {
-            prompt_tokens: Some(3),
-            completion_tokens: Some(4)
-        })
-    );
-    assert_eq!(usage_of(br#"{"id":"x"}"#), None);
-    let (usage, usage_only) =
-        chunk_usage(br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#)
-            .unwrap();
-    assert_eq!(usage.completion_tokens, Some(2));
-    assert!(usage_only);
-    assert!(chunk_usage(br#"{"choices":[{"delta":{}}],"usage":null}"#).is_none());
+fn quirks_rename_the_output_limit_and_drop_stream_options() {
+    let request = ChatRequest::parse(
+        br#"{"model":"m","stream":true,"max_completion_tokens":9,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .unwrap();
+    let quirks = Quirks {
+        legacy_max_tokens: true,
+        stream_options: false,
+        ..Quirks::default()
+    };
+    let body = value(&request.upstream_body("u", &quirks));
+    assert_eq!(body["max_tokens"], 9);
+    assert!(body.get("max_completion_tokens").is_none());
+    assert!(body.get("stream_options").is_none());
+    assert!(!request.passes_through(&quirks));
+    assert!(request.passes_through(&Quirks::default()));
 }

@@ -280,3 +280,34 @@ fn responses_round_trip() {
     let again = decode_response(&encode_response(&response)).unwrap();
     assert_eq!(again, response);
 }
+
+#[test]
+fn usage_is_found_in_bodies_and_chunks() {
+    let usage = usage_of(
+        br#"{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+    )
+    .unwrap();
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (3, 4));
+    assert_eq!(usage_of(br#"{"id":"x"}"#), None);
+    let (usage, usage_only) =
+        chunk_usage(br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#)
+            .unwrap();
+    assert_eq!(usage.completion_tokens, 2);
+    assert!(usage_only);
+    assert!(chunk_usage(br#"{"choices":[{"delta":{}}],"usage":null}"#).is_none());
+}
+
+#[test]
+fn embeddings_encode_as_floats_or_base64() {
+    let usage = Usage {
+        prompt_tokens: 2,
+        ..Usage::default()
+    };
+    let floats: Value =
+        serde_json::from_slice(&encode_embeddings(&[vec![0.5, -1.0]], "m", &usage, false)).unwrap();
+    assert_eq!(floats["data"][0]["embedding"], json!([0.5, -1.0]));
+    assert_eq!(floats["usage"]["total_tokens"], 2);
+    let encoded: Value =
+        serde_json::from_slice(&encode_embeddings(&[vec![0.5]], "m", &usage, true)).unwrap();
+    assert_eq!(encoded["data"][0]["embedding"], "AAAAPw==");
+}

@@ -1,0 +1,132 @@
+//! The Anthropic-compatible endpoint, `POST /v1/messages`: any model, any provider, answered
+//! in Anthropic's format (errors too), so Anthropic SDK clients can use every model.
+
+use std::sync::Arc;
+
+use atalaya_translate::{Target, anthropic};
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use tokio::time::Instant;
+
+use crate::chat::{self, Leg, json};
+use crate::config::ProviderKind;
+use crate::error::ApiError;
+use crate::providers::{Adapter, Call, SIM_PROVIDER, Upstream};
+use crate::relay::{Transcoder, sse_response};
+use crate::v1::{body_error, finish, route_for};
+use crate::{ClientFormat, Exchange, Gateway, Principal, RequestContext};
+
+pub(crate) async fn create(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(context): Extension<RequestContext>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut exchange = Exchange {
+        key_id: principal.key_id(),
+        ..Exchange::default()
+    };
+    let result = match body {
+        Ok(body) => message(&gateway, &context, &mut exchange, &headers, body).await,
+        Err(rejection) => Err(body_error(rejection, gateway.max_body_bytes)),
+    };
+    finish(result, exchange, ClientFormat::Anthropic)
+}
+
+async fn message(
+    gateway: &Arc<Gateway>,
+    context: &RequestContext,
+    exchange: &mut Exchange,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // Read leniently first: the model decides the provider, which decides what is refused.
+    let lenient = Target {
+        provider: SIM_PROVIDER.to_owned(),
+        drop_unsupported: true,
+    };
+    let mut request = anthropic::decode_request(&body, &lenient)?;
+    exchange.stream = request.stream;
+    let route = route_for(gateway, &request.model, exchange)?;
+    let leg = Leg {
+        gateway,
+        context,
+        route: &route,
+    };
+    let drop = chat::drop_requested(headers);
+    match &route.provider.adapter {
+        Adapter::Upstream(upstream) if upstream.kind == ProviderKind::Anthropic => {
+            passthrough(&leg, upstream, &body, request.stream, headers, exchange).await
+        }
+        Adapter::Upstream(upstream) => {
+            if !drop && !upstream.drop_unsupported {
+                request = anthropic::decode_request(&body, &upstream.target(false))?;
+            }
+            request.model = route.upstream_model.to_string();
+            chat::translated(&leg, upstream, request, drop, exchange).await
+        }
+        Adapter::Sim(settings) => {
+            request.model = route.upstream_model.to_string();
+            chat::sim_translated(&leg, settings, request, exchange).await
+        }
+    }
+}
+
+/// Anthropic to Anthropic: the body goes as it came (model replaced), with the client's API
+/// version and beta flags; the answer comes back untouched.
+async fn passthrough(
+    leg: &Leg<'_>,
+    upstream: &Upstream,
+    body: &[u8],
+    stream: bool,
+    headers: &HeaderMap,
+    exchange: &mut Exchange,
+) -> Result<Response, ApiError> {
+    let upstream_body = crate::openai::replace_model(body, &leg.route.upstream_model)?;
+    let forwarded: Vec<(HeaderName, HeaderValue)> = ["anthropic-version", "anthropic-beta"]
+        .iter()
+        .filter_map(|name| Some((HeaderName::from_static(name), headers.get(*name)?.clone())))
+        .collect();
+    let started = Instant::now();
+    let call = Call::Chat {
+        model: &leg.route.upstream_model,
+        stream,
+    };
+    let response = upstream
+        .post(call, upstream_body, &leg.context.id, &forwarded)
+        .await
+        .map_err(|failure| chat::upstream_failure(leg.route, failure, exchange))?;
+    let notes = chat::rate_limit_notes(upstream.kind, response.headers());
+    if !stream || !response.status().is_success() {
+        let (status, headers, bytes) =
+            chat::read(upstream, leg.route, response, started, exchange).await?;
+        if !status.is_success() {
+            return Err(chat::upstream_status_error(
+                leg.route,
+                upstream.kind,
+                status,
+                &headers,
+                &bytes,
+                exchange,
+            ));
+        }
+        exchange.usage = anthropic::usage_of(&bytes);
+        return Ok(chat::with_notes(json(StatusCode::OK, bytes), notes));
+    }
+    Ok(chat::with_notes(
+        sse_response(
+            leg.gateway.clone(),
+            leg.context.clone(),
+            exchange.clone(),
+            chat::upstream_stream(response),
+            started,
+            Transcoder::Anthropic(anthropic::StreamDecoder::new(Default::default())),
+        ),
+        notes,
+    ))
+}
