@@ -107,3 +107,36 @@ def wait():
         raise AssertionError("condition not met in time")
 
     return poll
+
+
+@pytest.fixture(scope="session")
+def multi_upstream():
+    # One simulator speaking every format, paced so streams really arrive in pieces.
+    mock = Process(["mock-provider", "--listen", "127.0.0.1:0", "--api-key", "sk-upstream", "--tokens-per-second", "200"])
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture(scope="session")
+def multi_server(multi_upstream):
+    """Anthropic, OpenAI and Gemini providers, all backed by the simulator."""
+    url = multi_upstream.url
+    config = f"""
+[[providers]]
+type = "anthropic"
+base_url = "{url}"
+api_key = "sk-upstream"
+
+[[providers]]
+type = "openai"
+base_url = "{url}/v1"
+api_key = "sk-upstream"
+
+[[providers]]
+type = "gemini"
+base_url = "{url}"
+api_key = "sk-upstream"
+"""
+    server = start_server(config)
+    yield server
+    server.stop()

@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod harness;
 mod keys;
+mod messages;
 mod providers;
 mod request_log;
 mod sim;

@@ -35,7 +35,7 @@ const AZURE: Adapter = Adapter {
 };
 const ANTHROPIC: Adapter = Adapter {
     config: "type = \"anthropic\"\nbase_url = \"{url}\"\napi_key = \"${UPSTREAM_KEY}\"",
-    model: "claude-3-5-haiku-20241022",
+    model: "claude-haiku-4-5-20251001",
     path: "/v1/messages",
     estimates_streams: false,
 };
