@@ -181,6 +181,7 @@ fn translating_relay(
         // Kept so usage can be counted if the provider reports none.
         estimate: Some(Box::new(request)),
         completion: String::new(),
+        deltas: Vec::new(),
     };
     relay::sse_response(
         leg.gateway.clone(),

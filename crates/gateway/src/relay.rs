@@ -53,6 +53,8 @@ pub(crate) struct Translator {
     /// answer's text is collected as it streams.
     pub estimate: Option<Box<ChatRequest>>,
     pub completion: String,
+    /// Reused between events.
+    pub deltas: Vec<Delta>,
 }
 
 pub(crate) enum Framing {
@@ -115,90 +117,127 @@ impl Translator {
         usage: &mut Option<Usage>,
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
-        let mut deltas = Vec::new();
-        match &mut self.framing {
-            Framing::Sse(parser) => {
-                let mut events = Vec::new();
-                parser.push(chunk, &mut events).map_err(|e| e.to_string())?;
-                for event in events {
-                    deltas.extend(self.decoder_sse(&event).map_err(|f| f.to_string())?);
-                }
-            }
+        let Translator {
+            framing,
+            decoder,
+            encoder,
+            estimate,
+            completion,
+            deltas,
+        } = self;
+        let mut sink = Sink {
+            encoder,
+            usage,
+            completion: estimate.is_some().then_some(completion),
+            out,
+        };
+        match framing {
+            Framing::Sse(parser) => parser.feed(chunk, &mut |event: &sse::Event| {
+                decode_sse(decoder, &event.data, deltas).map_err(|f| f.to_string())?;
+                sink.take(deltas);
+                Ok::<(), String>(())
+            }),
             Framing::EventStream(frames) => {
                 let mut messages = Vec::new();
                 frames
                     .push(chunk, &mut messages)
                     .map_err(|e| e.to_string())?;
                 for message in messages {
-                    let Decoder::Bedrock(decoder) = &mut self.decoder else {
+                    let Decoder::Bedrock(decoder) = decoder else {
                         return Err("event-stream framing needs the Bedrock decoder".to_owned());
                     };
-                    deltas.extend(decoder.decode(&message).map_err(|f| f.to_string())?);
+                    decoder
+                        .decode_into(&message, deltas)
+                        .map_err(|f| f.to_string())?;
+                    sink.take(deltas);
                 }
+                Ok(())
             }
-        }
-        self.emit(deltas, usage, out);
-        Ok(())
-    }
-
-    fn decoder_sse(&mut self, event: &sse::Event) -> Result<Vec<Delta>, StreamFailure> {
-        match &mut self.decoder {
-            Decoder::OpenAi(decoder) => decoder.decode(&event.data),
-            Decoder::Anthropic(decoder) => decoder.decode(&event.data),
-            Decoder::Gemini(decoder) => decoder.decode(&event.data),
-            Decoder::Cohere(decoder) => decoder.decode(&event.data),
-            Decoder::Bedrock(_) => Err(StreamFailure::Malformed(
-                "Bedrock streams are not SSE".to_owned(),
-            )),
-        }
-    }
-
-    fn emit(&mut self, deltas: Vec<Delta>, usage: &mut Option<Usage>, out: &mut Vec<u8>) {
-        for delta in deltas {
-            match &delta {
-                Delta::Usage(reported) => *usage = Some(*reported),
-                Delta::Text { text, .. } | Delta::Thinking { text, .. }
-                    if self.estimate.is_some() =>
-                {
-                    self.completion.push_str(text);
-                }
-                Delta::ToolCallStart { name, .. } if self.estimate.is_some() => {
-                    self.completion.push_str(name)
-                }
-                Delta::ToolCallArguments { fragment, .. } if self.estimate.is_some() => {
-                    self.completion.push_str(fragment);
-                }
-                _ => {}
-            }
-            self.encoder.encode(delta, out);
         }
     }
 
     /// At the end of the upstream: the closing events if the provider finished properly.
     fn finish(&mut self, usage: &mut Option<Usage>, out: &mut Vec<u8>) -> Result<(), String> {
-        if let Framing::Sse(parser) = &mut self.framing {
-            let mut events = Vec::new();
-            parser.finish(&mut events);
-            let mut deltas = Vec::new();
-            for event in events {
-                deltas.extend(self.decoder_sse(&event).map_err(|f| f.to_string())?);
-            }
-            self.emit(deltas, usage, out);
+        let Translator {
+            framing,
+            decoder,
+            encoder,
+            estimate,
+            completion,
+            deltas,
+        } = self;
+        if let Framing::Sse(parser) = framing {
+            let mut sink = Sink {
+                encoder,
+                usage,
+                completion: estimate.is_some().then_some(&mut *completion),
+                out,
+            };
+            parser.close(&mut |event: &sse::Event| {
+                decode_sse(decoder, &event.data, deltas).map_err(|f| f.to_string())?;
+                sink.take(deltas);
+                Ok::<(), String>(())
+            })?;
         }
-        if !self.decoder.complete() {
+        if !decoder.complete() {
             return Err(
                 "The upstream stream ended before the provider said it was done.".to_owned(),
             );
         }
         if usage.is_none()
-            && let Some(request) = &self.estimate
+            && let Some(request) = estimate
         {
-            let estimated = crate::usage::estimate(request, &self.completion);
-            self.encoder.encode(Delta::Usage(estimated), out);
+            let estimated = crate::usage::estimate(request, completion);
+            encoder.encode(Delta::Usage(estimated), out);
             *usage = Some(estimated);
         }
-        self.encoder.finish(out);
+        encoder.finish(out);
         Ok(())
+    }
+}
+
+fn decode_sse(
+    decoder: &mut Decoder,
+    data: &[u8],
+    deltas: &mut Vec<Delta>,
+) -> Result<(), StreamFailure> {
+    match decoder {
+        Decoder::OpenAi(decoder) => decoder.decode_into(data, deltas),
+        Decoder::Anthropic(decoder) => decoder.decode_into(data, deltas),
+        Decoder::Gemini(decoder) => decoder.decode_into(data, deltas),
+        Decoder::Cohere(decoder) => decoder.decode_into(data, deltas),
+        Decoder::Bedrock(_) => Err(StreamFailure::Malformed(
+            "Bedrock streams are not SSE".to_owned(),
+        )),
+    }
+}
+
+/// Where decoded deltas go: the client's encoder, with usage and (when estimating) the
+/// answer's text noted on the way.
+struct Sink<'a> {
+    encoder: &'a mut Encoder,
+    usage: &'a mut Option<Usage>,
+    completion: Option<&'a mut String>,
+    out: &'a mut Vec<u8>,
+}
+
+impl Sink<'_> {
+    /// Encodes and empties `deltas`.
+    fn take(&mut self, deltas: &mut Vec<Delta>) {
+        for delta in deltas.drain(..) {
+            match (&delta, self.completion.as_deref_mut()) {
+                (Delta::Usage(reported), _) => *self.usage = Some(*reported),
+                (Delta::Text { text, .. } | Delta::Thinking { text, .. }, Some(completion)) => {
+                    completion.push_str(text);
+                }
+                (Delta::ToolCallStart { name, .. }, Some(completion)) => completion.push_str(name),
+                (Delta::ToolCallArguments { fragment, .. }, Some(completion)) => {
+                    completion.push_str(fragment);
+                }
+                _ => {}
+            }
+            self.encoder.encode(delta, self.out);
+        }
     }
 }
 
@@ -224,6 +263,7 @@ pub(crate) fn sse_response(
         }),
         frame: Frame::default(),
         idle_turns: 0,
+        scratch: Vec::new(),
     };
     let mut response = Response::new(Body::from_stream(relay));
     let headers = response.headers_mut();
@@ -257,6 +297,8 @@ struct Relay {
     frame: Frame,
     /// Scheduler turns yielded in a row without new upstream data.
     idle_turns: u8,
+    /// Reused output buffer of the translating mode.
+    scratch: Vec<u8>,
 }
 
 impl Relay {
@@ -294,14 +336,16 @@ impl Relay {
             record.exchange.ttft = Some(record.context.started.elapsed());
         }
         if let Transcoder::Translate(translator) = &mut self.transcoder {
-            let mut out = Vec::new();
             let mut usage = self.record.as_ref().and_then(|r| r.exchange.usage);
-            let result = translator.push(&chunk, &mut usage, &mut out);
+            self.scratch.clear();
+            let result = translator.push(&chunk, &mut usage, &mut self.scratch);
             if let Some(exchange) = self.exchange() {
                 exchange.usage = usage;
             }
+            // Written into the waiting frame directly: one copy, no allocation per chunk.
+            self.frame.extend(&self.scratch);
             return match result {
-                Ok(()) => Step::Bytes((!out.is_empty()).then(|| Bytes::from(out))),
+                Ok(()) => Step::Bytes(None),
                 Err(error) => Step::Failed(error),
             };
         }
@@ -520,6 +564,25 @@ struct Frame {
 }
 
 impl Frame {
+    /// Copies `bytes` onto the frame.
+    fn extend(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        match (&mut self.merged, self.first.take()) {
+            (Some(merged), _) => merged.extend_from_slice(bytes),
+            (None, first) => {
+                let first_len = first.as_ref().map_or(0, Bytes::len);
+                let mut merged = BytesMut::with_capacity((first_len + bytes.len()) * 4);
+                if let Some(first) = first {
+                    merged.extend_from_slice(&first);
+                }
+                merged.extend_from_slice(bytes);
+                self.merged = Some(merged);
+            }
+        }
+    }
+
     fn push(&mut self, piece: Bytes) {
         if piece.is_empty() {
             return;

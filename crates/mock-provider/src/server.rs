@@ -1085,34 +1085,35 @@ fn verify_signature(
 }
 
 async fn converse(
-    State(state): State<Arc<MockState>>,
-    Path(model_id): Path<String>,
+    state: State<Arc<MockState>>,
+    model_id: Path<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = intake(&state, Format::Bedrock, method, &uri, &headers, &body) {
-        return response;
-    }
-    if let Err(response) = verify_signature(&state, &uri, &headers, &body) {
-        return response;
-    }
-    let prompt = match bedrock::parse(&model_id, &body) {
-        Ok(prompt) => prompt,
-        Err(failure) => return bedrock_error(failure.status, failure.kind, &failure.message),
-    };
-    state.wait().await;
-    json_response(bedrock::answer(&prompt))
+    bedrock_call(state, model_id, method, uri, headers, body, false).await
 }
 
 async fn converse_stream(
+    state: State<Arc<MockState>>,
+    model_id: Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    bedrock_call(state, model_id, method, uri, headers, body, true).await
+}
+
+async fn bedrock_call(
     State(state): State<Arc<MockState>>,
     Path(model_id): Path<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+    streamed: bool,
 ) -> Response {
     if let Some(response) = intake(&state, Format::Bedrock, method, &uri, &headers, &body) {
         return response;
@@ -1125,12 +1126,16 @@ async fn converse_stream(
         Err(failure) => return bedrock_error(failure.status, failure.kind, &failure.message),
     };
     state.wait().await;
-    stream(
-        &state,
-        bedrock::frames(&prompt),
-        "application/vnd.amazon.eventstream",
-        Vec::new(),
-    )
+    if streamed {
+        stream(
+            &state,
+            bedrock::frames(&prompt),
+            "application/vnd.amazon.eventstream",
+            Vec::new(),
+        )
+    } else {
+        json_response(bedrock::answer(&prompt))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 //! `thinking_delta` and `signature_delta`, `message_delta`, `message_stop`, `ping`, `error`)
 //! and `{"type": "error", "error": {...}}` bodies.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -414,12 +416,7 @@ pub fn encode_request(
             Role::Assistant => {
                 let mut blocks = encode_parts(&message.content);
                 for call in &message.tool_calls {
-                    let input = wire::arguments_object(&call.arguments).map_err(|error| {
-                        TranslateError::invalid(
-                            Some(format!("{param}.tool_calls")),
-                            format!("The arguments of tool call `{}` are not a JSON object ({error}); Anthropic needs one.", call.id),
-                        )
-                    })?;
+                    let input = wire::call_arguments(call, &param, FORMAT)?;
                     blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}));
                 }
                 push_turn(&mut messages, "assistant", blocks);
@@ -777,17 +774,17 @@ pub fn encode_response(response: &ChatResponse) -> Vec<u8> {
 // Streams
 
 #[derive(Deserialize)]
-struct WireEvent {
-    #[serde(rename = "type")]
-    kind: String,
+struct WireEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
     #[serde(default)]
     message: Option<WireStartMessage>,
     #[serde(default)]
     index: Option<u32>,
     #[serde(default)]
     content_block: Option<WireBlock>,
-    #[serde(default)]
-    delta: Option<WireEventDelta>,
+    #[serde(default, borrow)]
+    delta: Option<WireEventDelta<'a>>,
     #[serde(default)]
     usage: Option<WireUsage>,
     #[serde(default)]
@@ -804,16 +801,17 @@ struct WireStartMessage {
     usage: Option<WireUsage>,
 }
 
+/// Borrowed where the wire allows: these are read once per streamed token.
 #[derive(Deserialize)]
-struct WireEventDelta {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    partial_json: Option<String>,
-    #[serde(default)]
-    thinking: Option<String>,
+struct WireEventDelta<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
     #[serde(default)]
     signature: Option<String>,
     #[serde(default)]
@@ -872,10 +870,21 @@ impl StreamDecoder {
     }
 
     pub fn decode(&mut self, data: &[u8]) -> Decoded {
+        let mut deltas = Vec::new();
+        self.decode_into(data, &mut deltas)?;
+        Ok(deltas)
+    }
+
+    /// [`decode`](Self::decode) appending to `deltas`, which callers reuse.
+    pub fn decode_into(
+        &mut self,
+        data: &[u8],
+        deltas: &mut Vec<Delta>,
+    ) -> Result<(), StreamFailure> {
         let event: WireEvent =
             serde_json::from_slice(data).map_err(|e| StreamFailure::Malformed(format!("{e}")))?;
-        let mut deltas = Vec::new();
-        match event.kind.as_str() {
+
+        match event.kind.as_ref() {
             "message_start" => {
                 let message = event.message.unwrap_or(WireStartMessage {
                     id: None,
@@ -948,12 +957,18 @@ impl StreamDecoder {
                 match (delta.kind.as_deref(), self.block(index)) {
                     (Some("text_delta"), _) => {
                         if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
-                            deltas.push(Delta::Text { choice: 0, text });
+                            deltas.push(Delta::Text {
+                                choice: 0,
+                                text: text.into_owned(),
+                            });
                         }
                     }
                     (Some("input_json_delta"), OpenBlock::Json) => {
                         if let Some(text) = delta.partial_json.filter(|t| !t.is_empty()) {
-                            deltas.push(Delta::Text { choice: 0, text });
+                            deltas.push(Delta::Text {
+                                choice: 0,
+                                text: text.into_owned(),
+                            });
                         }
                     }
                     (Some("input_json_delta"), OpenBlock::Tool(tool)) => {
@@ -961,13 +976,16 @@ impl StreamDecoder {
                             deltas.push(Delta::ToolCallArguments {
                                 choice: 0,
                                 index: tool,
-                                fragment,
+                                fragment: fragment.into_owned(),
                             });
                         }
                     }
                     (Some("thinking_delta"), _) => {
                         if let Some(text) = delta.thinking.filter(|t| !t.is_empty()) {
-                            deltas.push(Delta::Thinking { choice: 0, text });
+                            deltas.push(Delta::Thinking {
+                                choice: 0,
+                                text: text.into_owned(),
+                            });
                         }
                     }
                     (Some("signature_delta"), _) => {
@@ -1017,7 +1035,7 @@ impl StreamDecoder {
             // ping, content_block_stop and event types added later need nothing.
             _ => {}
         }
-        Ok(deltas)
+        Ok(())
     }
 }
 

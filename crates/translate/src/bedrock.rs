@@ -40,20 +40,15 @@ pub fn encode_request(
             }
             Role::User => {
                 let blocks = encode_parts(&message.content, &param, target)?;
-                push_turn(&mut messages, "user", blocks);
+                wire::push_turn(&mut messages, "user", "content", blocks);
             }
             Role::Assistant => {
                 let mut blocks = encode_parts(&message.content, &param, target)?;
                 for call in &message.tool_calls {
-                    let input = wire::arguments_object(&call.arguments).map_err(|error| {
-                        TranslateError::invalid(
-                            Some(format!("{param}.tool_calls")),
-                            format!("The arguments of tool call `{}` are not a JSON object ({error}); Bedrock needs one.", call.id),
-                        )
-                    })?;
+                    let input = wire::call_arguments(call, &param, FORMAT)?;
                     blocks.push(json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": input}}));
                 }
-                push_turn(&mut messages, "assistant", blocks);
+                wire::push_turn(&mut messages, "assistant", "content", blocks);
             }
             Role::Tool => {
                 let text = message.joined_text();
@@ -65,7 +60,12 @@ pub fn encode_request(
                 if message.is_error {
                     result["status"] = json!("error");
                 }
-                push_turn(&mut messages, "user", vec![json!({"toolResult": result})]);
+                wire::push_turn(
+                    &mut messages,
+                    "user",
+                    "content",
+                    vec![json!({"toolResult": result})],
+                );
             }
         }
     }
@@ -161,20 +161,6 @@ pub fn encode_request(
     )?;
     crate::refuse_extra(request, target, FORMAT)?;
     Ok((wire::to_vec(&body), emulation))
-}
-
-fn push_turn(messages: &mut Vec<Value>, role: &str, mut blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut()
-        && last["role"] == role
-        && let Some(content) = last["content"].as_array_mut()
-    {
-        content.append(&mut blocks);
-        return;
-    }
-    messages.push(json!({"role": role, "content": blocks}));
 }
 
 fn image_format(media_type: &str) -> Option<&'static str> {
@@ -357,6 +343,17 @@ impl StreamDecoder {
     }
 
     pub fn decode(&mut self, message: &eventstream::Message) -> Decoded {
+        let mut deltas = Vec::new();
+        self.decode_into(message, &mut deltas)?;
+        Ok(deltas)
+    }
+
+    /// [`decode`](Self::decode) appending to `deltas`, which callers reuse.
+    pub fn decode_into(
+        &mut self,
+        message: &eventstream::Message,
+        deltas: &mut Vec<Delta>,
+    ) -> Result<(), StreamFailure> {
         if message.header(":message-type") == Some("exception")
             || message.header(":message-type") == Some("error")
         {
@@ -378,7 +375,7 @@ impl StreamDecoder {
         let event = message.header(":event-type").unwrap_or_default();
         let payload: Value = serde_json::from_slice(&message.payload)
             .map_err(|e| StreamFailure::Malformed(format!("{e}")))?;
-        let mut deltas = Vec::new();
+
         if !self.started {
             self.started = true;
             deltas.push(Delta::Start {
@@ -470,7 +467,7 @@ impl StreamDecoder {
             // messageStart and contentBlockStop carry nothing the client needs.
             _ => {}
         }
-        Ok(deltas)
+        Ok(())
     }
 }
 

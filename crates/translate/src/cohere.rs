@@ -337,11 +337,22 @@ impl StreamDecoder {
     }
 
     pub fn decode(&mut self, data: &[u8]) -> Decoded {
+        let mut deltas = Vec::new();
+        self.decode_into(data, &mut deltas)?;
+        Ok(deltas)
+    }
+
+    /// [`decode`](Self::decode) appending to `deltas`, which callers reuse.
+    pub fn decode_into(
+        &mut self,
+        data: &[u8],
+        deltas: &mut Vec<Delta>,
+    ) -> Result<(), StreamFailure> {
         let event: WireEvent =
             serde_json::from_slice(data).map_err(|e| StreamFailure::Malformed(format!("{e}")))?;
         let delta = event.delta.unwrap_or(Value::Null);
         let message = &delta["message"];
-        let mut deltas = Vec::new();
+
         if !self.started {
             self.started = true;
             deltas.push(Delta::Start {
@@ -423,7 +434,7 @@ impl StreamDecoder {
             }
             _ => {}
         }
-        Ok(deltas)
+        Ok(())
     }
 }
 

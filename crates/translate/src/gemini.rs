@@ -40,22 +40,17 @@ pub fn encode_request(request: &ChatRequest, target: &Target) -> Result<Vec<u8>,
             }
             Role::User => {
                 let parts = encode_parts(&message.content, &param, target)?;
-                push_content(&mut contents, "user", parts);
+                wire::push_turn(&mut contents, "user", "parts", parts);
             }
             Role::Assistant => {
                 let mut parts = encode_parts(&message.content, &param, target)?;
                 for call in &message.tool_calls {
-                    let args = wire::arguments_object(&call.arguments).map_err(|error| {
-                        TranslateError::invalid(
-                            Some(format!("{param}.tool_calls")),
-                            format!("The arguments of tool call `{}` are not a JSON object ({error}); Gemini needs one.", call.id),
-                        )
-                    })?;
+                    let args = wire::call_arguments(call, &param, FORMAT)?;
                     parts.push(
                         json!({"functionCall": {"id": call.id, "name": call.name, "args": args}}),
                     );
                 }
-                push_content(&mut contents, "model", parts);
+                wire::push_turn(&mut contents, "model", "parts", parts);
             }
             Role::Tool => {
                 if message.has_images() {
@@ -74,9 +69,10 @@ pub fn encode_request(request: &ChatRequest, target: &Target) -> Result<Vec<u8>,
                     Ok(object @ Value::Object(_)) if !message.is_error => object,
                     _ => json!({ key: text }),
                 };
-                push_content(
+                wire::push_turn(
                     &mut contents,
                     "user",
+                    "parts",
                     vec![
                         json!({"functionResponse": {"id": id, "name": name, "response": response}}),
                     ],
@@ -188,20 +184,6 @@ fn tool_name_for(history: &[Message], id: &str) -> Option<String> {
         .flat_map(|m| m.tool_calls.iter())
         .find(|call| call.id == id)
         .map(|call| call.name.clone())
-}
-
-fn push_content(contents: &mut Vec<Value>, role: &str, mut parts: Vec<Value>) {
-    if parts.is_empty() {
-        return;
-    }
-    if let Some(last) = contents.last_mut()
-        && last["role"] == role
-        && let Some(existing) = last["parts"].as_array_mut()
-    {
-        existing.append(&mut parts);
-        return;
-    }
-    contents.push(json!({"role": role, "parts": parts}));
 }
 
 fn encode_parts(
@@ -547,12 +529,23 @@ impl StreamDecoder {
     }
 
     pub fn decode(&mut self, data: &[u8]) -> Decoded {
+        let mut deltas = Vec::new();
+        self.decode_into(data, &mut deltas)?;
+        Ok(deltas)
+    }
+
+    /// [`decode`](Self::decode) appending to `deltas`, which callers reuse.
+    pub fn decode_into(
+        &mut self,
+        data: &[u8],
+        deltas: &mut Vec<Delta>,
+    ) -> Result<(), StreamFailure> {
         let wire: WireResponse =
             serde_json::from_slice(data).map_err(|e| StreamFailure::Malformed(format!("{e}")))?;
         if let Some(error) = &wire.error {
             return Err(StreamFailure::Provider(upstream_error(error)));
         }
-        let mut deltas = Vec::new();
+
         let response_id = wire.response_id.clone().unwrap_or_default();
         if !self.started {
             self.started = true;
@@ -622,7 +615,7 @@ impl StreamDecoder {
         if let Some(usage) = wire.usage_metadata {
             deltas.push(Delta::Usage(usage.canonical()));
         }
-        Ok(deltas)
+        Ok(())
     }
 }
 

@@ -883,19 +883,49 @@ fn out_usage(usage: &Usage) -> OutUsage {
     }
 }
 
-fn tool_calls_json(calls: &[ToolCall]) -> Value {
-    Value::Array(
-        calls
-            .iter()
-            .map(|call| {
-                json!({
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments},
-                })
-            })
-            .collect(),
-    )
+#[derive(Serialize)]
+struct OutResponse<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<OutFullChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<OutUsage>,
+    system_fingerprint: Option<()>,
+}
+
+#[derive(Serialize)]
+struct OutFullChoice<'a> {
+    index: u32,
+    message: OutMessage<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct OutMessage<'a> {
+    role: &'static str,
+    content: Option<String>,
+    refusal: Option<()>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<OutToolCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OutToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: OutFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct OutFunction<'a> {
+    name: &'a str,
+    arguments: &'a str,
 }
 
 fn thinking_text(message: &Message) -> Option<String> {
@@ -910,42 +940,49 @@ fn thinking_text(message: &Message) -> Option<String> {
 
 /// Writes a `chat.completion` body.
 pub fn encode_response(response: &ChatResponse) -> Vec<u8> {
-    let choices: Vec<Value> = response
+    let choices = response
         .choices
         .iter()
         .map(|choice| {
             let text = choice.message.joined_text();
-            let mut message = json!({
-                "role": "assistant",
-                "content": if text.is_empty() && !choice.message.tool_calls.is_empty() { Value::Null } else { json!(text) },
-                "refusal": null,
-            });
-            if !choice.message.tool_calls.is_empty() {
-                message["tool_calls"] = tool_calls_json(&choice.message.tool_calls);
+            let calls = &choice.message.tool_calls;
+            OutFullChoice {
+                index: choice.index,
+                message: OutMessage {
+                    role: "assistant",
+                    content: if text.is_empty() && !calls.is_empty() {
+                        None
+                    } else {
+                        Some(text)
+                    },
+                    refusal: None,
+                    tool_calls: calls
+                        .iter()
+                        .map(|call| OutToolCall {
+                            id: &call.id,
+                            kind: "function",
+                            function: OutFunction {
+                                name: &call.name,
+                                arguments: &call.arguments,
+                            },
+                        })
+                        .collect(),
+                    reasoning_content: thinking_text(&choice.message),
+                },
+                logprobs: None,
+                finish_reason: choice.finish_reason.openai(),
             }
-            if let Some(reasoning) = thinking_text(&choice.message) {
-                message["reasoning_content"] = json!(reasoning);
-            }
-            json!({
-                "index": choice.index,
-                "message": message,
-                "logprobs": null,
-                "finish_reason": choice.finish_reason.openai(),
-            })
         })
         .collect();
-    let mut body = json!({
-        "id": response.id,
-        "object": "chat.completion",
-        "created": response.created,
-        "model": response.model,
-        "choices": choices,
-        "system_fingerprint": null,
-    });
-    if let Some(usage) = &response.usage {
-        body["usage"] = serde_json::to_value(out_usage(usage)).unwrap_or(Value::Null);
-    }
-    wire::to_vec(&body)
+    wire::to_vec(&OutResponse {
+        id: &response.id,
+        object: "chat.completion",
+        created: response.created,
+        model: &response.model,
+        choices,
+        usage: response.usage.as_ref().map(out_usage),
+        system_fingerprint: None,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1025,13 +1062,24 @@ impl StreamDecoder {
     }
 
     pub fn decode(&mut self, data: &[u8]) -> Decoded {
+        let mut deltas = Vec::new();
+        self.decode_into(data, &mut deltas)?;
+        Ok(deltas)
+    }
+
+    /// [`decode`](Self::decode) appending to `deltas`, which callers reuse.
+    pub fn decode_into(
+        &mut self,
+        data: &[u8],
+        deltas: &mut Vec<Delta>,
+    ) -> Result<(), StreamFailure> {
         let trimmed = data.trim_ascii();
         if trimmed == b"[DONE]" {
             self.done = true;
-            return Ok(Vec::new());
+            return Ok(());
         }
         if trimmed.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let chunk: WireChunk = serde_json::from_slice(trimmed)
             .map_err(|e| StreamFailure::Malformed(format!("{e}")))?;
@@ -1050,7 +1098,7 @@ impl StreamDecoder {
                     .to_owned(),
             }));
         }
-        let mut deltas = Vec::new();
+
         if !self.started {
             self.started = true;
             deltas.push(Delta::Start {
@@ -1114,7 +1162,7 @@ impl StreamDecoder {
         if let Some(usage) = chunk.usage.or(chunk.x_groq.and_then(|x| x.usage)) {
             deltas.push(Delta::Usage(usage.canonical()));
         }
-        Ok(deltas)
+        Ok(())
     }
 }
 
@@ -1126,6 +1174,8 @@ pub struct StreamEncoder {
     include_usage: bool,
     usage: Option<Usage>,
     roles_sent: Vec<u32>,
+    /// `data: {"id":...,"choices":[` — the same for every chunk, serialised once.
+    prefix: Vec<u8>,
 }
 
 #[derive(Serialize)]
@@ -1135,9 +1185,46 @@ struct OutChunk<'a> {
     created: u64,
     model: &'a str,
     system_fingerprint: Option<()>,
-    choices: Vec<Value>,
+    choices: &'a [OutChoice<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<OutUsage>,
+}
+
+#[derive(Serialize)]
+struct OutChoice<'a> {
+    index: u32,
+    delta: OutDelta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize, Default)]
+struct OutDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[OutToolDelta<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct OutToolDelta<'a> {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: OutFunctionDelta<'a>,
+}
+
+#[derive(Serialize)]
+struct OutFunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
 }
 
 impl StreamEncoder {
@@ -1150,36 +1237,50 @@ impl StreamEncoder {
             include_usage,
             usage: None,
             roles_sent: Vec::new(),
+            prefix: Vec::new(),
         }
     }
 
-    fn chunk(&self, out: &mut Vec<u8>, choice: u32, delta: Value, finish: Option<&str>) {
-        let chunk = OutChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            system_fingerprint: None,
-            choices: vec![json!({
-                "index": choice,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish,
-            })],
-            usage: None,
-        };
-        wire::sse_frame(out, None, &chunk);
+    fn chunk(
+        &mut self,
+        out: &mut Vec<u8>,
+        choice: u32,
+        delta: OutDelta<'_>,
+        finish: Option<&'static str>,
+    ) {
+        if self.prefix.is_empty() {
+            self.prefix.extend_from_slice(b"data: {\"id\":");
+            wire::write_json(&mut self.prefix, &self.id);
+            self.prefix
+                .extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+            wire::write_json(&mut self.prefix, &self.created);
+            self.prefix.extend_from_slice(b",\"model\":");
+            wire::write_json(&mut self.prefix, &self.model);
+            self.prefix
+                .extend_from_slice(b",\"system_fingerprint\":null,\"choices\":[");
+        }
+        out.extend_from_slice(&self.prefix);
+        wire::write_json(
+            out,
+            &OutChoice {
+                index: choice,
+                delta,
+                logprobs: None,
+                finish_reason: finish,
+            },
+        );
+        out.extend_from_slice(b"]}\n\n");
     }
 
     fn role(&mut self, out: &mut Vec<u8>, choice: u32) {
         if !self.roles_sent.contains(&choice) {
             self.roles_sent.push(choice);
-            self.chunk(
-                out,
-                choice,
-                json!({"role": "assistant", "content": ""}),
-                None,
-            );
+            let delta = OutDelta {
+                role: Some("assistant"),
+                content: Some(""),
+                ..OutDelta::default()
+            };
+            self.chunk(out, choice, delta, None);
         }
     }
 
@@ -1188,19 +1289,29 @@ impl StreamEncoder {
             Delta::Start { id, model } => {
                 if let Some(id) = id.filter(|id| !id.is_empty()) {
                     self.id = id;
+                    self.prefix.clear();
                 }
                 if let Some(model) = model.filter(|m| !m.is_empty()) {
                     self.model = model;
+                    self.prefix.clear();
                 }
                 self.role(out, 0);
             }
             Delta::Text { choice, text } => {
                 self.role(out, choice);
-                self.chunk(out, choice, json!({"content": text}), None);
+                let delta = OutDelta {
+                    content: Some(&text),
+                    ..OutDelta::default()
+                };
+                self.chunk(out, choice, delta, None);
             }
             Delta::Thinking { choice, text } => {
                 self.role(out, choice);
-                self.chunk(out, choice, json!({"reasoning_content": text}), None);
+                let delta = OutDelta {
+                    reasoning_content: Some(&text),
+                    ..OutDelta::default()
+                };
+                self.chunk(out, choice, delta, None);
             }
             Delta::ThinkingSignature { .. } => {}
             Delta::ToolCallStart {
@@ -1210,28 +1321,42 @@ impl StreamEncoder {
                 name,
             } => {
                 self.role(out, choice);
-                self.chunk(
-                    out,
-                    choice,
-                    json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
-                    None,
-                );
+                let delta = OutDelta {
+                    tool_calls: Some([OutToolDelta {
+                        index,
+                        id: Some(&id),
+                        kind: Some("function"),
+                        function: OutFunctionDelta {
+                            name: Some(&name),
+                            arguments: "",
+                        },
+                    }]),
+                    ..OutDelta::default()
+                };
+                self.chunk(out, choice, delta, None);
             }
             Delta::ToolCallArguments {
                 choice,
                 index,
                 fragment,
             } => {
-                self.chunk(
-                    out,
-                    choice,
-                    json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}),
-                    None,
-                );
+                let delta = OutDelta {
+                    tool_calls: Some([OutToolDelta {
+                        index,
+                        id: None,
+                        kind: None,
+                        function: OutFunctionDelta {
+                            name: None,
+                            arguments: &fragment,
+                        },
+                    }]),
+                    ..OutDelta::default()
+                };
+                self.chunk(out, choice, delta, None);
             }
             Delta::Finish { choice, reason, .. } => {
                 self.role(out, choice);
-                self.chunk(out, choice, json!({}), Some(reason.openai()));
+                self.chunk(out, choice, OutDelta::default(), Some(reason.openai()));
             }
             Delta::Usage(usage) => self.usage = Some(usage),
         }
@@ -1248,7 +1373,7 @@ impl StreamEncoder {
                 created: self.created,
                 model: &self.model,
                 system_fingerprint: None,
-                choices: Vec::new(),
+                choices: &[],
                 usage: Some(out_usage(usage)),
             };
             wire::sse_frame(out, None, &chunk);

@@ -16,18 +16,31 @@ pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Default)]
 pub struct Parser {
+    /// The start of a line not yet ended.
     buffer: Vec<u8>,
-    /// Bytes of `buffer` already scanned for line ends.
-    scanned: usize,
-    event: Event,
-    has_data: bool,
+    assembler: Assembler,
     /// A `\r` ended the last chunk; a `\n` starting the next belongs to it.
     pending_cr: bool,
+}
+
+/// The event being assembled from its lines.
+#[derive(Debug, Default)]
+struct Assembler {
+    event: Event,
+    has_data: bool,
+    /// The last event's name buffer, reused for the next.
+    spare_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("an event grew past {MAX_EVENT_BYTES} bytes without ending")]
 pub struct TooLarge;
+
+impl From<TooLarge> for String {
+    fn from(error: TooLarge) -> String {
+        error.to_string()
+    }
+}
 
 impl Parser {
     pub fn new() -> Self {
@@ -35,57 +48,99 @@ impl Parser {
     }
 
     /// Adds bytes and appends every event they complete to `events`.
-    pub fn push(&mut self, mut bytes: &[u8], events: &mut Vec<Event>) -> Result<(), TooLarge> {
+    pub fn push(&mut self, bytes: &[u8], events: &mut Vec<Event>) -> Result<(), TooLarge> {
+        self.feed(bytes, &mut |event: &Event| {
+            events.push(event.clone());
+            Ok::<(), TooLarge>(())
+        })
+    }
+
+    /// Adds bytes and hands every event they complete to `on_event`, without allocating per
+    /// event; stops at the first error.
+    pub fn feed<E: From<TooLarge>>(
+        &mut self,
+        mut bytes: &[u8],
+        on_event: &mut impl FnMut(&Event) -> Result<(), E>,
+    ) -> Result<(), E> {
         if self.pending_cr {
             self.pending_cr = false;
             if bytes.first() == Some(&b'\n') {
                 bytes = &bytes[1..];
             }
         }
-        self.buffer.extend_from_slice(bytes);
+        if self.buffer.is_empty() {
+            // The common case: lines are read straight from the chunk, only a tail is kept.
+            let rest = self.lines(bytes, on_event)?;
+            self.buffer.extend_from_slice(&bytes[rest..]);
+        } else {
+            self.buffer.extend_from_slice(bytes);
+            let buffer = std::mem::take(&mut self.buffer);
+            let rest = self.lines(&buffer, on_event);
+            self.buffer = buffer;
+            self.buffer.drain(..rest?);
+        }
+        if self.buffer.len() + self.assembler.event.data.len() > MAX_EVENT_BYTES {
+            return Err(TooLarge.into());
+        }
+        Ok(())
+    }
+
+    /// Handles every whole line of `bytes`; returns where the unfinished tail starts.
+    fn lines<E>(
+        &mut self,
+        bytes: &[u8],
+        on_event: &mut impl FnMut(&Event) -> Result<(), E>,
+    ) -> Result<usize, E> {
         let mut start = 0;
-        let mut at = self.scanned;
-        while let Some(offset) = memchr::memchr2(b'\n', b'\r', &self.buffer[at..]) {
-            let end = at + offset;
+        while let Some(offset) = memchr::memchr2(b'\n', b'\r', &bytes[start..]) {
+            let end = start + offset;
             let mut next = end + 1;
-            if self.buffer[end] == b'\r' {
-                match self.buffer.get(next) {
+            if bytes[end] == b'\r' {
+                match bytes.get(next) {
                     Some(b'\n') => next += 1,
                     Some(_) => {}
                     None => self.pending_cr = true,
                 }
             }
-            let line = self.buffer[start..end].to_vec();
-            self.line(&line, events);
+            self.assembler.line(&bytes[start..end], on_event)?;
             start = next;
-            at = next;
         }
-        self.buffer.drain(..start.min(self.buffer.len()));
-        self.scanned = self.buffer.len();
-        if self.buffer.len() + self.event.data.len() > MAX_EVENT_BYTES {
-            return Err(TooLarge);
-        }
-        Ok(())
+        Ok(start)
     }
 
     /// At the end of the stream: an event not closed by a blank line is still delivered
     /// (some servers end without one).
     pub fn finish(&mut self, events: &mut Vec<Event>) {
-        if !self.buffer.is_empty() {
-            let line = std::mem::take(&mut self.buffer);
-            self.line(&line, events);
-        }
-        self.dispatch(events);
-        self.scanned = 0;
+        let _ = self.close(&mut |event: &Event| {
+            events.push(event.clone());
+            Ok::<(), TooLarge>(())
+        });
     }
 
-    fn line(&mut self, line: &[u8], events: &mut Vec<Event>) {
+    /// [`finish`](Self::finish) handing the last event to `on_event`.
+    pub fn close<E>(
+        &mut self,
+        on_event: &mut impl FnMut(&Event) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if !self.buffer.is_empty() {
+            let line = std::mem::take(&mut self.buffer);
+            self.assembler.line(&line, on_event)?;
+        }
+        self.assembler.dispatch(on_event)
+    }
+}
+
+impl Assembler {
+    fn line<E>(
+        &mut self,
+        line: &[u8],
+        on_event: &mut impl FnMut(&Event) -> Result<(), E>,
+    ) -> Result<(), E> {
         if line.is_empty() {
-            self.dispatch(events);
-            return;
+            return self.dispatch(on_event);
         }
         if line[0] == b':' {
-            return;
+            return Ok(());
         }
         let (name, value) = match memchr::memchr(b':', line) {
             Some(colon) => {
@@ -102,17 +157,30 @@ impl Parser {
                 self.event.data.extend_from_slice(value);
                 self.has_data = true;
             }
-            b"event" => self.event.event = Some(String::from_utf8_lossy(value).into_owned()),
+            b"event" => {
+                let mut name = self.spare_name.take().unwrap_or_default();
+                name.clear();
+                name.push_str(&String::from_utf8_lossy(value));
+                self.event.event = Some(name);
+            }
             _ => {}
         }
+        Ok(())
     }
 
-    fn dispatch(&mut self, events: &mut Vec<Event>) {
-        if self.has_data || self.event.event.is_some() {
-            events.push(std::mem::take(&mut self.event));
+    /// Hands the assembled event over and starts the next, keeping the buffers.
+    fn dispatch<E>(&mut self, on_event: &mut impl FnMut(&Event) -> Result<(), E>) -> Result<(), E> {
+        let result = if self.has_data || self.event.event.is_some() {
+            on_event(&self.event)
+        } else {
+            Ok(())
+        };
+        self.event.data.clear();
+        if let Some(name) = self.event.event.take() {
+            self.spare_name = Some(name);
         }
-        self.event = Event::default();
         self.has_data = false;
+        result
     }
 }
 

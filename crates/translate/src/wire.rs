@@ -121,6 +121,47 @@ pub(crate) fn arguments_object(arguments: &str) -> Result<Value, String> {
     }
 }
 
+/// A tool call's arguments as the JSON object formats other than OpenAI's carry.
+pub(crate) fn call_arguments(
+    call: &crate::ToolCall,
+    param: &str,
+    format: &str,
+) -> Result<Value, TranslateError> {
+    arguments_object(&call.arguments).map_err(|error| {
+        TranslateError::invalid(
+            Some(format!("{param}.tool_calls")),
+            format!(
+                "The arguments of tool call `{}` are not a JSON object ({error}); {format} needs one.",
+                call.id
+            ),
+        )
+    })
+}
+
+/// Appends a turn to a conversation, merging it into the last one when the role repeats
+/// (formats that want strictly alternating turns, and tool results in one turn).
+pub(crate) fn push_turn(
+    turns: &mut Vec<Value>,
+    role: &str,
+    content_key: &str,
+    mut items: Vec<Value>,
+) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut()
+        && last["role"] == role
+        && let Some(existing) = last[content_key].as_array_mut()
+    {
+        existing.append(&mut items);
+        return;
+    }
+    let mut turn = serde_json::Map::new();
+    turn.insert("role".into(), Value::String(role.to_owned()));
+    turn.insert(content_key.into(), Value::Array(items));
+    turns.push(Value::Object(turn));
+}
+
 /// Writes a JSON value to text; serialising a `Value` cannot fail.
 pub(crate) fn to_text(value: &Value) -> String {
     serde_json::to_string(value).unwrap_or_default()
@@ -128,6 +169,11 @@ pub(crate) fn to_text(value: &Value) -> String {
 
 pub(crate) fn to_vec<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Appends `value` as JSON; serialising plain data into a `Vec` cannot fail.
+pub(crate) fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// An SSE frame `data: <json>\n\n`, optionally with an `event:` line.

@@ -398,3 +398,87 @@ async fn mistral_gets_its_own_dialect() {
     );
     assert_eq!(sent["messages"][2]["tool_call_id"], id);
 }
+
+#[tokio::test]
+async fn images_and_json_schema_output_cross_formats() {
+    let (mock, server) = start(&ANTHROPIC);
+    let url = format!("{}/v1/chat/completions", server.url());
+    let image = json!({"model": ANTHROPIC.model, "max_tokens": 100, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/tower.jpg"}},
+    ]}]});
+    let (status, _, body) = post(&url, ADMIN_KEY, &image.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, seen) = get(&format!("{}/_mock/requests", mock.url()), "").await;
+    let content = &seen.as_array().unwrap().last().unwrap()["body"]["messages"][0]["content"];
+    assert_eq!(
+        content[1],
+        json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}})
+    );
+    assert_eq!(
+        content[2],
+        json!({"type": "image", "source": {"type": "url", "url": "https://example.com/tower.jpg"}})
+    );
+
+    // Anthropic has no JSON mode: a forced tool call carries the schema, its input is the answer.
+    let schema = json!({"type": "object", "properties": {"height_m": {"type": "integer"}, "name": {"type": "string"}}, "required": ["height_m", "name"]});
+    for stream in [false, true] {
+        let ask = json!({"model": ANTHROPIC.model, "max_tokens": 100, "stream": stream, "messages": question(),
+            "response_format": {"type": "json_schema", "json_schema": {"name": "tower", "schema": schema}}});
+        let (status, _, body) = post(&url, ADMIN_KEY, &ask.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        let text: String = if stream {
+            events(body.as_str().unwrap())
+                .iter()
+                .filter_map(|c| {
+                    c["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .collect()
+        } else {
+            assert_eq!(body["choices"][0]["finish_reason"], "stop");
+            assert!(
+                body["choices"][0]["message"]["tool_calls"].is_null(),
+                "{body}"
+            );
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let answer: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(
+            answer["height_m"].is_u64() && answer["name"].is_string(),
+            "{answer}"
+        );
+    }
+
+    // Gemini takes the schema natively.
+    let (mock, server) = start(&GEMINI);
+    let ask = json!({"model": GEMINI.model, "messages": question(), "response_format": {"type": "json_schema", "json_schema": {"name": "tower", "schema": schema}}});
+    let (status, _, body) = post(
+        &format!("{}/v1/chat/completions", server.url()),
+        ADMIN_KEY,
+        &ask.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value =
+        serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert!(answer["height_m"].is_u64(), "{answer}");
+    let (_, seen) = get(&format!("{}/_mock/requests", mock.url()), "").await;
+    let config = &seen.as_array().unwrap().last().unwrap()["body"]["generationConfig"];
+    assert_eq!(config["responseMimeType"], "application/json");
+    // And refuses image URLs it cannot fetch, saying what to send instead.
+    let (status, _, body) = post(&format!("{}/v1/chat/completions", server.url()), ADMIN_KEY, &json!({"model": GEMINI.model, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}).to_string()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("data: URL"),
+        "{body}"
+    );
+}

@@ -284,3 +284,59 @@ fn the_encoder_opens_and_closes_blocks_in_order() {
     assert!(text.contains(r#""stop_reason":"tool_use""#));
     assert!(text.contains(r#""input_tokens":4"#) && text.contains(r#""output_tokens":2"#));
 }
+
+#[test]
+fn thinking_streams_with_its_signature_both_ways() {
+    let events = [
+        r#"{"type":"message_start","message":{"id":"msg_1","model":"claude","usage":{"input_tokens":10,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me think"}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM"}}"#,
+        r#"{"type":"content_block_stop","index":0}"#,
+        r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"42"}}"#,
+        r#"{"type":"content_block_stop","index":1}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":30}}"#,
+        r#"{"type":"message_stop"}"#,
+    ];
+    let mut decoder = StreamDecoder::new(Emulation::default());
+    let deltas: Vec<Delta> = events
+        .iter()
+        .flat_map(|e| decoder.decode(e.as_bytes()).unwrap())
+        .collect();
+    assert!(deltas.contains(&Delta::Thinking {
+        choice: 0,
+        text: "Let me think".into()
+    }));
+    assert!(deltas.contains(&Delta::ThinkingSignature {
+        choice: 0,
+        signature: "EqQBCgIYAhIM".into()
+    }));
+    // Re-encoded for an Anthropic client: a thinking block with its signature, then text.
+    let mut encoder = StreamEncoder::new("msg_2".into(), "m".into());
+    let mut out = Vec::new();
+    for delta in deltas {
+        encoder.encode(delta, &mut out);
+    }
+    encoder.finish(&mut out);
+    let text = String::from_utf8(out).unwrap();
+    let thinking = text.find("thinking_delta").unwrap();
+    let signature = text.find("signature_delta").unwrap();
+    let answer = text.find("text_delta").unwrap();
+    assert!(thinking < signature && signature < answer, "{text}");
+    // An OpenAI client sees the thinking as reasoning_content.
+    let mut encoder = crate::openai::StreamEncoder::new("c".into(), "m".into(), false);
+    let mut out = Vec::new();
+    encoder.encode(
+        Delta::Thinking {
+            choice: 0,
+            text: "hmm".into(),
+        },
+        &mut out,
+    );
+    assert!(
+        String::from_utf8(out)
+            .unwrap()
+            .contains(r#""reasoning_content":"hmm""#)
+    );
+}

@@ -263,7 +263,7 @@ fn the_encoder_writes_usage_last_and_done() {
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(events.len(), 5, "{text}");
     assert!(
-        events[0].contains(r#""delta":{"content":"","role":"assistant"}"#),
+        events[0].contains(r#""delta":{"role":"assistant","content":""}"#),
         "{}",
         events[0]
     );
