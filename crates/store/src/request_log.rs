@@ -94,7 +94,14 @@ impl Store {
                     .push_bind(row.cost_usd)
                     .push_bind(&row.error);
             });
-            builder.build().execute(&mut *transaction).await?;
+            // Not cached: the row count varies with load, and sqlx caches a prepared statement
+            // per distinct SQL text and connection. Cached, batches of every size piled up
+            // (a 500-row statement is ~100 kB): RSS grew without bound under light load.
+            builder
+                .build()
+                .persistent(false)
+                .execute(&mut *transaction)
+                .await?;
         }
         transaction.commit().await?;
         Ok(())
