@@ -72,6 +72,11 @@ pub struct MockArgs {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
+    /// A fault profile: a built-in name (healthy, flaky, half-failing, failing, down,
+    /// throttled, slow, jittery, hang, cut, slow-stream, malformed, html) or a TOML/JSON file.
+    /// Replace it at run time with `PUT /_mock/profile`.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub profile: Option<String>,
     /// The AWS access key id Bedrock requests must be signed with.
     #[arg(long, value_name = "ID", default_value = mock_provider::DEFAULT_AWS_ACCESS_KEY_ID)]
     pub aws_access_key_id: String,

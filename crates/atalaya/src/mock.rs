@@ -13,7 +13,12 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
     if !(args.tokens_per_second.is_finite() && args.tokens_per_second >= 0.0) {
         anyhow::bail!("--tokens-per-second must be 0 or a positive number");
     }
+    let profile = match &args.profile {
+        Some(profile) => mock_provider::Profile::load(profile)?,
+        None => mock_provider::Profile::default(),
+    };
     let config = MockConfig {
+        profile,
         latency: Duration::from_millis(args.latency_ms),
         tokens_per_second: args.tokens_per_second,
         api_key: args.api_key,

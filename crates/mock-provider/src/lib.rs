@@ -14,9 +14,11 @@ pub mod bedrock;
 pub mod cohere;
 pub mod gemini;
 pub mod openai;
+pub mod profile;
 mod server;
 pub mod sim;
 
+pub use profile::{Latency, Profile, Rule as FaultRule};
 pub use server::{
     DEFAULT_AWS_ACCESS_KEY_ID, DEFAULT_AWS_SECRET_ACCESS_KEY, Fault, MockConfig, MockModel,
     MockState, Recorded, Stats, paced, router, serve,

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use crate::openai::{self, ApiError, ChatAnswer};
+use crate::profile::Profile;
 use crate::{anthropic, bedrock, cohere, gemini};
 
 /// How the simulator behaves. `Default` serves OpenAI's common models with no delay.
@@ -48,6 +49,8 @@ pub struct MockConfig {
     pub aws_secret_access_key: String,
     /// Models of the OpenAI paths; other formats accept any model name.
     pub models: Vec<MockModel>,
+    /// How the simulator misbehaves; replaceable at run time (`PUT /_mock/profile`).
+    pub profile: Profile,
 }
 
 /// The AWS credentials the simulator accepts unless told otherwise.
@@ -102,6 +105,7 @@ impl Default for MockConfig {
             aws_access_key_id: DEFAULT_AWS_ACCESS_KEY_ID.to_owned(),
             aws_secret_access_key: DEFAULT_AWS_SECRET_ACCESS_KEY.to_owned(),
             models,
+            profile: Profile::default(),
         }
     }
 }
@@ -156,6 +160,7 @@ pub struct MockState {
     pub stats: Stats,
     recorded: Mutex<VecDeque<RecordedRequest>>,
     faults: Mutex<Vec<Fault>>,
+    profile: Mutex<Profile>,
 }
 
 /// The wire format of a path, which decides auth and error shapes.
@@ -172,10 +177,11 @@ enum Format {
 impl MockState {
     pub fn new(config: MockConfig) -> Arc<Self> {
         Arc::new(MockState {
-            config,
             stats: Stats::default(),
             recorded: Mutex::new(VecDeque::new()),
             faults: Mutex::new(Vec::new()),
+            profile: Mutex::new(config.profile.clone()),
+            config,
         })
     }
 
@@ -262,6 +268,7 @@ pub fn router(state: Arc<MockState>) -> Router {
             "/_mock/faults",
             post(add_fault).get(list_faults).delete(clear_faults),
         )
+        .route("/_mock/profile", get(get_profile).put(put_profile))
         .fallback(not_found)
         .with_state(state)
 }
@@ -479,23 +486,106 @@ fn request_id() -> String {
     )
 }
 
-/// Records the request, then answers with a pending fault if one matches.
-fn intake(
+/// How an answer that goes ahead is bent by the fault profile.
+#[derive(Debug, Clone, Default)]
+struct Shaping {
+    slow_chunk: Option<Duration>,
+    disconnect_after: Option<usize>,
+    malformed: bool,
+}
+
+impl Shaping {
+    /// A whole body, cut in half when it is to be malformed.
+    fn body(&self, body: Vec<u8>) -> Vec<u8> {
+        if self.malformed {
+            let mut body = body;
+            body.truncate(body.len() / 2);
+            body
+        } else {
+            body
+        }
+    }
+}
+
+/// The model a request names, in the body or (Gemini, Bedrock, Azure) the path.
+fn model_of(uri: &Uri, body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct WithModel {
+        model: Option<String>,
+    }
+    if let Ok(WithModel { model: Some(model) }) = serde_json::from_slice::<WithModel>(body) {
+        return Some(model);
+    }
+    let path = uri.path();
+    for prefix in ["/v1beta/models/", "/model/", "/openai/deployments/"] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            let end = rest.find([':', '/']).unwrap_or(rest.len());
+            return Some(rest[..end].replace("%3A", ":"));
+        }
+    }
+    None
+}
+
+/// Records the request, then applies a pending one-shot fault or the fault profile: an
+/// early answer (`Err`), or how to bend the real one.
+async fn intake(
     state: &MockState,
     format: Format,
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Option<Response> {
+) -> Result<Shaping, Response> {
     state.record(method, uri.clone(), headers.clone(), body.clone());
-    let fault = state.take_fault(uri.path())?;
-    Some(error_in(
-        format,
-        fault.status,
-        fault.message.as_deref(),
-        fault.retry_after,
-    ))
+    if let Some(fault) = state.take_fault(uri.path()) {
+        return Err(error_in(
+            format,
+            fault.status,
+            fault.message.as_deref(),
+            fault.retry_after,
+        ));
+    }
+    let rule = {
+        let profile = state.profile.lock().map(|p| p.clone()).unwrap_or_default();
+        if profile.rules.is_empty() {
+            return Ok(Shaping::default());
+        }
+        let model = model_of(uri, body);
+        profile
+            .pick(uri.path(), model.as_deref(), rand::random::<f64>())
+            .cloned()
+    };
+    let Some(rule) = rule else {
+        return Ok(Shaping::default());
+    };
+    state.stats.faults_injected.fetch_add(1, Ordering::Relaxed);
+    if let Some(latency) = &rule.latency_ms {
+        tokio::time::sleep(latency.sample(rand::random(), rand::random())).await;
+    }
+    if rule.hang {
+        std::future::pending::<()>().await;
+    }
+    if let Some(status) = rule.status {
+        return Err(error_in(
+            format,
+            status,
+            rule.message.as_deref(),
+            rule.retry_after,
+        ));
+    }
+    if rule.wrong_content_type {
+        return Err(with_body(
+            200,
+            "text/html; charset=utf-8",
+            b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
+            Vec::new(),
+        ));
+    }
+    Ok(Shaping {
+        slow_chunk: rule.slow_chunk_ms.map(Duration::from_millis),
+        disconnect_after: rule.disconnect_after,
+        malformed: rule.malformed,
+    })
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -512,19 +602,36 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Streams `chunks` with the configured pace; counts completion and cancellation.
 fn stream(
     state: &Arc<MockState>,
-    chunks: Vec<Bytes>,
+    mut chunks: Vec<Bytes>,
     content_type: &'static str,
     extra: Vec<(HeaderName, HeaderValue)>,
+    shaping: &Shaping,
 ) -> Response {
     state.stats.streams_started.fetch_add(1, Ordering::Relaxed);
+    if shaping.malformed && chunks.len() > 2 {
+        // A cut-off event in the middle: JSON that never closes.
+        let middle = chunks.len() / 2;
+        let broken = chunks[middle].slice(..chunks[middle].len() / 2);
+        chunks[middle] = broken;
+    }
+    let cut = shaping.disconnect_after.filter(|n| *n < chunks.len());
+    if let Some(keep) = cut {
+        chunks.truncate(keep);
+    }
     let mut guard = StreamGuard {
         state: state.clone(),
-        remaining: chunks.len(),
+        remaining: chunks.len() + usize::from(cut.is_some()),
     };
-    let body = Body::from_stream(futures_util::StreamExt::map(
-        paced(chunks, state.gap()),
-        move |chunk| guard.passed(chunk),
-    ));
+    let gap = shaping.slow_chunk.unwrap_or_else(|| state.gap());
+    let events = futures_util::StreamExt::map(paced(chunks, gap), move |chunk| guard.passed(chunk));
+    // An error ends the body without its terminating chunk: the connection drops mid-answer.
+    let tail = futures_util::stream::iter(cut.map(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "fault profile: connection dropped mid-stream",
+        ))
+    }));
+    let body = Body::from_stream(futures_util::StreamExt::chain(events, tail));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -598,13 +705,14 @@ async fn chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = intake(&state, Format::OpenAi, method, &uri, &headers, &body) {
-        return response;
-    }
+    let shaping = match intake(&state, Format::OpenAi, method, &uri, &headers, &body).await {
+        Ok(shaping) => shaping,
+        Err(response) => return response,
+    };
     if let Err(response) = openai_auth(&state, &headers) {
         return response;
     }
-    openai_chat(&state, &body, None, Format::OpenAi).await
+    openai_chat(&state, &body, None, Format::OpenAi, &shaping).await
 }
 
 async fn azure_chat(
@@ -615,13 +723,14 @@ async fn azure_chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = intake(&state, Format::Azure, method, &uri, &headers, &body) {
-        return response;
-    }
+    let shaping = match intake(&state, Format::Azure, method, &uri, &headers, &body).await {
+        Ok(shaping) => shaping,
+        Err(response) => return response,
+    };
     if let Err(response) = azure_auth(&state, &headers, &uri) {
         return response;
     }
-    openai_chat(&state, &body, Some(deployment), Format::Azure).await
+    openai_chat(&state, &body, Some(deployment), Format::Azure, &shaping).await
 }
 
 /// OpenAI's chat; on Azure the deployment, not the body, names the model.
@@ -630,6 +739,7 @@ async fn openai_chat(
     body: &[u8],
     deployment: Option<String>,
     format: Format,
+    shaping: &Shaping,
 ) -> Response {
     let mut params = match openai::parse_chat(body) {
         Ok(params) => params,
@@ -656,9 +766,14 @@ async fn openai_chat(
     let answer = ChatAnswer::generate(&params);
     let headers = rate_limit_headers(format, None, false);
     if !params.stream {
-        return with_body(200, "application/json", answer.json(), headers);
+        return with_body(
+            200,
+            "application/json",
+            shaping.body(answer.json()),
+            headers,
+        );
     }
-    stream(state, answer.events(), SSE, headers)
+    stream(state, answer.events(), SSE, headers, shaping)
 }
 
 async fn embeddings(
@@ -668,9 +783,10 @@ async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = intake(&state, Format::OpenAi, method, &uri, &headers, &body) {
-        return response;
-    }
+    let shaping = match intake(&state, Format::OpenAi, method, &uri, &headers, &body).await {
+        Ok(shaping) => shaping,
+        Err(response) => return response,
+    };
     if let Err(response) = openai_auth(&state, &headers) {
         return response;
     }
@@ -694,7 +810,7 @@ async fn embeddings(
     };
     state.wait().await;
     match openai::embeddings_json(&params, dimensions) {
-        Ok(body) => json_response(body),
+        Ok(body) => json_response(shaping.body(body)),
         Err(error) => openai_error(&error),
     }
 }
@@ -707,9 +823,10 @@ async fn azure_embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = intake(&state, Format::Azure, method, &uri, &headers, &body) {
-        return response;
-    }
+    let shaping = match intake(&state, Format::Azure, method, &uri, &headers, &body).await {
+        Ok(shaping) => shaping,
+        Err(response) => return response,
+    };
     if let Err(response) = azure_auth(&state, &headers, &uri) {
         return response;
     }
@@ -720,7 +837,7 @@ async fn azure_embeddings(
     params.model = deployment;
     state.wait().await;
     match openai::embeddings_json(&params, 1536) {
-        Ok(body) => json_response(body),
+        Ok(body) => json_response(shaping.body(body)),
         Err(error) => openai_error(&error),
     }
 }
@@ -782,9 +899,10 @@ async fn messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = intake(&state, Format::Anthropic, method, &uri, &headers, &body) {
-        return response;
-    }
+    let shaping = match intake(&state, Format::Anthropic, method, &uri, &headers, &body).await {
+        Ok(shaping) => shaping,
+        Err(response) => return response,
+    };
     let error = |status: u16, message: &str| {
         with_body(
             status,
@@ -815,9 +933,14 @@ async fn messages(
         header_value(request_id()),
     ));
     if prompt.stream {
-        return stream(&state, anthropic::events(&prompt), SSE, extra);
+        return stream(&state, anthropic::events(&prompt), SSE, extra, &shaping);
     }
-    with_body(200, "application/json", anthropic::answer(&prompt), extra)
+    with_body(
+        200,
+        "application/json",
+        shaping.body(anthropic::answer(&prompt)),
+        extra,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -840,9 +963,10 @@ async fn gemini_action(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = intake(&state, Format::Gemini, method, &uri, &headers, &body) {
-        return response;
-    }
+    let shaping = match intake(&state, Format::Gemini, method, &uri, &headers, &body).await {
+        Ok(shaping) => shaping,
+        Err(response) => return response,
+    };
     let error = |failure: gemini::Error| {
         with_body(
             failure.status,
@@ -886,16 +1010,23 @@ async fn gemini_action(
             };
             state.wait().await;
             if verb == "generateContent" {
-                return json_response(gemini::answer(&prompt));
+                return json_response(shaping.body(gemini::answer(&prompt)));
             }
             if query.alt.as_deref() == Some("sse") {
-                stream(&state, gemini::sse_events(&prompt), SSE, Vec::new())
+                stream(
+                    &state,
+                    gemini::sse_events(&prompt),
+                    SSE,
+                    Vec::new(),
+                    &shaping,
+                )
             } else {
                 stream(
                     &state,
                     gemini::array_chunks(&prompt),
                     "application/json; charset=UTF-8",
                     Vec::new(),
+                    &shaping,
                 )
             }
         }
@@ -944,9 +1075,10 @@ async fn cohere_chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = intake(&state, Format::Cohere, method, &uri, &headers, &body) {
-        return response;
-    }
+    let shaping = match intake(&state, Format::Cohere, method, &uri, &headers, &body).await {
+        Ok(shaping) => shaping,
+        Err(response) => return response,
+    };
     if let Err(response) = cohere_auth(&state, &headers) {
         return response;
     }
@@ -963,9 +1095,9 @@ async fn cohere_chat(
     };
     state.wait().await;
     if prompt.stream {
-        return stream(&state, cohere::events(&prompt), SSE, Vec::new());
+        return stream(&state, cohere::events(&prompt), SSE, Vec::new(), &shaping);
     }
-    json_response(cohere::answer(&prompt))
+    json_response(shaping.body(cohere::answer(&prompt)))
 }
 
 async fn cohere_embed(
@@ -975,15 +1107,16 @@ async fn cohere_embed(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = intake(&state, Format::Cohere, method, &uri, &headers, &body) {
-        return response;
-    }
+    let shaping = match intake(&state, Format::Cohere, method, &uri, &headers, &body).await {
+        Ok(shaping) => shaping,
+        Err(response) => return response,
+    };
     if let Err(response) = cohere_auth(&state, &headers) {
         return response;
     }
     state.wait().await;
     match cohere::embed(&body) {
-        Ok(body) => json_response(body),
+        Ok(body) => json_response(shaping.body(body)),
         Err(failure) => with_body(
             failure.status,
             "application/json",
@@ -1115,9 +1248,10 @@ async fn bedrock_call(
     body: Bytes,
     streamed: bool,
 ) -> Response {
-    if let Some(response) = intake(&state, Format::Bedrock, method, &uri, &headers, &body) {
-        return response;
-    }
+    let shaping = match intake(&state, Format::Bedrock, method, &uri, &headers, &body).await {
+        Ok(shaping) => shaping,
+        Err(response) => return response,
+    };
     if let Err(response) = verify_signature(&state, &uri, &headers, &body) {
         return response;
     }
@@ -1132,9 +1266,10 @@ async fn bedrock_call(
             bedrock::frames(&prompt),
             "application/vnd.amazon.eventstream",
             Vec::new(),
+            &shaping,
         )
     } else {
-        json_response(bedrock::answer(&prompt))
+        json_response(shaping.body(bedrock::answer(&prompt)))
     }
 }
 
@@ -1224,6 +1359,47 @@ async fn add_fault(State(state): State<Arc<MockState>>, body: Bytes) -> Response
             400,
             "application/json",
             serde_json::to_vec(&serde_json::json!({"error": format!("expected {{\"status\", \"retry_after\"?, \"times\"?, \"path\"?, \"message\"?}}: {error}")})).unwrap_or_default(),
+            Vec::new(),
+        ),
+    }
+}
+
+async fn get_profile(State(state): State<Arc<MockState>>) -> Response {
+    let profile = state.profile.lock().map(|p| p.clone()).unwrap_or_default();
+    json_response(serde_json::to_vec(&profile).unwrap_or_default())
+}
+
+/// Replaces the fault profile: a profile object, or `{"name": "<built-in>"}`.
+async fn put_profile(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    let profile = match serde_json::from_slice::<Profile>(&body) {
+        Ok(Profile {
+            name: Some(name),
+            rules,
+        }) if rules.is_empty() => crate::profile::named(&name).ok_or_else(|| {
+            format!(
+                "no built-in profile is named `{name}`; use one of {}",
+                crate::profile::NAMES.join(", ")
+            )
+        }),
+        Ok(profile) => profile.validate().map(|()| profile),
+        Err(error) => Err(error.to_string()),
+    };
+    match profile {
+        Ok(profile) => {
+            tracing::info!(
+                profile = profile.name.as_deref().unwrap_or("(unnamed)"),
+                rules = profile.rules.len(),
+                "Fault profile replaced."
+            );
+            if let Ok(mut current) = state.profile.lock() {
+                *current = profile;
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(message) => with_body(
+            400,
+            "application/json",
+            serde_json::to_vec(&serde_json::json!({"error": message})).unwrap_or_default(),
             Vec::new(),
         ),
     }

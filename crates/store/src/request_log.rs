@@ -60,6 +60,9 @@ macro_rules! columns {
     };
 }
 
+/// Rows per insert statement, largest first (17 binds a row; SQLite allows 32,766).
+const BATCH_SIZES: [usize; 4] = [256, 32, 4, 1];
+
 impl Store {
     /// Writes a batch in one transaction: all rows or none.
     pub async fn insert_request_logs(&self, rows: &[RequestLogRow]) -> Result<(), StoreError> {
@@ -67,8 +70,20 @@ impl Store {
             return Ok(());
         }
         let mut transaction = self.pool.begin().await?;
-        // 17 binds a row; SQLite allows 32,766 per statement.
-        for chunk in rows.chunks(1_000) {
+        let mut rest = rows;
+        while !rest.is_empty() {
+            // sqlx caches a prepared statement per distinct SQL text and connection, and the
+            // text depends on the row count. Batches come in every size under light load, and
+            // caching one statement per size grew memory without bound (a 500-row statement
+            // is ~100 kB); not caching them cost a costly re-prepare per batch. So batches are
+            // cut into a few fixed sizes, each prepared once per connection.
+            let size = BATCH_SIZES
+                .iter()
+                .copied()
+                .find(|size| *size <= rest.len())
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
             let mut builder = QueryBuilder::new(
                 "INSERT INTO request_logs (request_id, created_at_ms, key_id, endpoint, model, provider, \
                  upstream_model, stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, \
@@ -94,14 +109,7 @@ impl Store {
                     .push_bind(row.cost_usd)
                     .push_bind(&row.error);
             });
-            // Not cached: the row count varies with load, and sqlx caches a prepared statement
-            // per distinct SQL text and connection. Cached, batches of every size piled up
-            // (a 500-row statement is ~100 kB): RSS grew without bound under light load.
-            builder
-                .build()
-                .persistent(false)
-                .execute(&mut *transaction)
-                .await?;
+            builder.build().execute(&mut *transaction).await?;
         }
         transaction.commit().await?;
         Ok(())

@@ -34,6 +34,16 @@ pub mod names {
     pub const LOG_ROWS_PENDING: &str = "atalaya_request_log_rows_pending";
     /// Failed request-log batch writes (each is retried).
     pub const LOG_WRITE_ERRORS: &str = "atalaya_request_log_write_errors_total";
+    /// Circuit breaker state by `breaker`: 0 closed, 1 half-open, 2 open.
+    pub const CIRCUIT_STATE: &str = "atalaya_circuit_state";
+    /// Retried upstream calls by `provider` (the deployment retried away from).
+    pub const RETRIES: &str = "atalaya_retries_total";
+    /// Requests answered by a fallback model, by `model` (the one asked for).
+    pub const FALLBACKS: &str = "atalaya_fallbacks_total";
+    /// Retries refused because the retry budget was spent.
+    pub const RETRY_BUDGET_EXHAUSTED: &str = "atalaya_retry_budget_exhausted_total";
+    /// Upstream API keys disabled after the provider refused them, by `provider`.
+    pub const KEYS_DISABLED: &str = "atalaya_upstream_keys_disabled_total";
     /// Rejected authentication attempts by `reason`.
     pub const AUTH_FAILURES: &str = "atalaya_auth_failures_total";
 }
@@ -115,6 +125,26 @@ fn describe() {
         "Failed request-log batch writes (rows are kept and retried)."
     );
     describe_counter!(AUTH_FAILURES, "Rejected authentication attempts by reason.");
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "Circuit breaker state by breaker: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        RETRIES,
+        "Upstream calls retried, by the provider retried away from."
+    );
+    describe_counter!(
+        FALLBACKS,
+        "Requests answered by a fallback model, by the model asked for."
+    );
+    describe_counter!(
+        RETRY_BUDGET_EXHAUSTED,
+        "Retries refused because retries reached their share of requests."
+    );
+    describe_counter!(
+        KEYS_DISABLED,
+        "Upstream API keys disabled after the provider refused them, by provider."
+    );
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
