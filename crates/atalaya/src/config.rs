@@ -11,8 +11,10 @@ use std::time::Duration;
 use atalaya_gateway::catalog::{Catalog, Feature, ModelInfo};
 use atalaya_gateway::presets::{self, Preset};
 use atalaya_gateway::{
-    AwsSettings, GatewayConfig, ModelAlias, ProviderKind, ProviderSettings, SimSettings,
+    AwsSettings, DeploymentSettings, GatewayConfig, ModelSettings, ProviderKind, ProviderSettings,
+    RouteRule, RoutingSettings, SimSettings, Strategy, Timeouts,
 };
+use atalaya_resilience::{Backoff, BreakerConfig};
 use atalaya_store::LogWriterConfig;
 use atalaya_telemetry::LogFormat;
 use secrecy::SecretString;
@@ -76,6 +78,7 @@ struct RawConfig {
     providers: Vec<RawProvider>,
     models: Vec<RawModel>,
     catalog: RawCatalog,
+    routing: RawRouting,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +164,9 @@ struct RawProvider {
     kind: String,
     base_url: Option<String>,
     api_key: Option<String>,
+    /// More keys, used in turn with `api_key`.
+    #[serde(default)]
+    api_keys: Vec<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     models: Option<Vec<String>>,
@@ -195,8 +201,67 @@ struct RawQuirks {
 #[serde(deny_unknown_fields)]
 struct RawModel {
     name: String,
+    /// A single deployment: `provider` and `model`.
+    provider: Option<String>,
+    model: Option<String>,
+    #[serde(default)]
+    deployments: Vec<RawDeployment>,
+    strategy: Option<String>,
+    #[serde(default)]
+    fallbacks: Vec<String>,
+    context_fallback: Option<String>,
+    ttfb_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
     provider: String,
     model: String,
+    weight: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRouting {
+    max_attempts: Option<u32>,
+    backoff_base_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+    max_retry_after_ms: Option<u64>,
+    retry_budget_ratio: Option<f64>,
+    retry_budget_floor: Option<u32>,
+    retry_budget_window_ms: Option<u64>,
+    breaker: RawBreaker,
+    rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBreaker {
+    window: Option<u64>,
+    minimum_calls: Option<u64>,
+    failure_rate: Option<f64>,
+    slow_call_rate: Option<f64>,
+    slow_call_ms: Option<u64>,
+    open_ms: Option<u64>,
+    max_open_ms: Option<u64>,
+    half_open_probes: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    route_to: String,
 }
 
 /// Everything `atalaya serve` needs, validated.
@@ -605,29 +670,129 @@ fn validate(
         tokens_per_second,
     });
     let mut models = Vec::new();
+    let known_provider =
+        |name: &str| providers.iter().any(|p| p.name == name) || (sim.is_some() && name == "sim");
     for (index, model) in raw.models.into_iter().enumerate() {
         let key = format!("models[{index}]");
-        let known = providers.iter().any(|p| p.name == model.provider)
-            || (sim.is_some() && model.provider == "sim");
-        if !known {
+        if model.name.is_empty() {
+            return Err(error(format!("{key}.name"), origins, "must not be empty"));
+        }
+        let mut deployments = Vec::new();
+        let shorthand = model.provider.is_some();
+        match (model.provider, model.model) {
+            (Some(provider), Some(upstream)) => deployments.push(DeploymentSettings {
+                provider,
+                model: upstream,
+                weight: 1,
+            }),
+            (None, None) => {}
+            _ => {
+                return Err(error(
+                    &key,
+                    origins,
+                    "give both `provider` and `model`, or a list of [[models.deployments]]",
+                ));
+            }
+        }
+        for (position, deployment) in model.deployments.into_iter().enumerate() {
+            if deployment.weight == Some(0) {
+                return Err(error(
+                    format!("{key}.deployments[{position}].weight"),
+                    origins,
+                    "must be at least 1",
+                ));
+            }
+            deployments.push(DeploymentSettings {
+                provider: deployment.provider,
+                model: deployment.model,
+                weight: deployment.weight.unwrap_or(1),
+            });
+        }
+        if deployments.is_empty() {
             return Err(error(
-                format!("{key}.provider"),
+                &key,
                 origins,
-                format!(
-                    "no provider is named `{}`; define it under [[providers]] (or enable [sim] for `sim`)",
-                    model.provider
-                ),
+                "a model needs `provider` and `model`, or [[models.deployments]]",
             ));
         }
-        if model.name.is_empty() || model.model.is_empty() {
-            return Err(error(&key, origins, "`name` and `model` must not be empty"));
+        for (position, deployment) in deployments.iter().enumerate() {
+            let at = if shorthand && position == 0 {
+                key.clone()
+            } else {
+                format!("{key}.deployments[{}]", position - usize::from(shorthand))
+            };
+            if !known_provider(&deployment.provider) {
+                return Err(error(
+                    format!("{at}.provider"),
+                    origins,
+                    format!(
+                        "no provider is named `{}`; define it under [[providers]] (or enable [sim] for `sim`)",
+                        deployment.provider
+                    ),
+                ));
+            }
+            if deployment.model.is_empty() {
+                return Err(error(
+                    format!("{key}.deployments[{position}].model"),
+                    origins,
+                    "must not be empty",
+                ));
+            }
         }
-        models.push(ModelAlias {
+        let strategy = match model.strategy.as_deref() {
+            None => Strategy::Weighted,
+            Some(name) => Strategy::parse(name).ok_or_else(|| {
+                error(
+                    format!("{key}.strategy"),
+                    origins,
+                    format!(
+                        "`{name}` is not a strategy; use one of: {}",
+                        Strategy::NAMES.join(", ")
+                    ),
+                )
+            })?,
+        };
+        let millis = |value: Option<u64>, field: &str| -> Result<Option<Duration>, ConfigError> {
+            match value {
+                Some(0) => Err(error(
+                    format!("{key}.{field}"),
+                    origins,
+                    "must be greater than 0",
+                )),
+                other => Ok(other.map(Duration::from_millis)),
+            }
+        };
+        models.push(ModelSettings {
             name: model.name,
-            provider: model.provider,
-            model: model.model,
+            strategy,
+            deployments,
+            fallbacks: model.fallbacks,
+            context_fallback: model.context_fallback,
+            timeouts: Timeouts {
+                ttfb: millis(model.ttfb_timeout_ms, "ttfb_timeout_ms")?,
+                idle: millis(model.idle_timeout_ms, "idle_timeout_ms")?,
+                total: millis(model.timeout_ms, "timeout_ms")?,
+            },
         });
     }
+    for (index, model) in models.iter().enumerate() {
+        for name in model.fallbacks.iter().chain(&model.context_fallback) {
+            let known = models.iter().any(|m| &m.name == name)
+                || name.contains('/')
+                || providers.iter().any(|p| p.models.contains(name))
+                || (sim.is_some() && (name == "sim-chat" || name == "sim-embed"));
+            if !known {
+                return Err(error(
+                    format!("models[{index}].fallbacks"),
+                    origins,
+                    format!(
+                        "`{name}` is not a model; name a [[models]] entry or a provider's model"
+                    ),
+                ));
+            }
+        }
+    }
+    let routing = validate_routing(raw.routing, origins)?;
     Ok(Settings {
         listen,
         data_dir,
@@ -655,9 +820,148 @@ fn validate(
             providers,
             models,
             catalog,
+            routing,
         },
     })
 }
+fn validate_routing(raw: RawRouting, origins: &Origins) -> Result<RoutingSettings, ConfigError> {
+    let defaults = RoutingSettings::default();
+    let breaker_defaults = BreakerConfig::default();
+    let rate = |value: Option<f64>, default: f64, key: &str| -> Result<f64, ConfigError> {
+        match value {
+            Some(rate) if !(0.0..=1.0).contains(&rate) => {
+                Err(error(key, origins, "must be between 0 and 1"))
+            }
+            Some(rate) => Ok(rate),
+            None => Ok(default),
+        }
+    };
+    let millis =
+        |value: Option<u64>, default: Duration, key: &str| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_millis(positive(
+                value,
+                default.as_millis() as u64,
+                key,
+                origins,
+            )?))
+        };
+    let breaker = BreakerConfig {
+        window: positive(
+            raw.breaker.window,
+            breaker_defaults.window as u64,
+            "routing.breaker.window",
+            origins,
+        )? as usize,
+        minimum_calls: positive(
+            raw.breaker.minimum_calls,
+            breaker_defaults.minimum_calls as u64,
+            "routing.breaker.minimum_calls",
+            origins,
+        )? as usize,
+        failure_rate: rate(
+            raw.breaker.failure_rate,
+            breaker_defaults.failure_rate,
+            "routing.breaker.failure_rate",
+        )?,
+        slow_call_rate: rate(
+            raw.breaker.slow_call_rate,
+            breaker_defaults.slow_call_rate,
+            "routing.breaker.slow_call_rate",
+        )?,
+        slow_call: millis(
+            raw.breaker.slow_call_ms,
+            breaker_defaults.slow_call,
+            "routing.breaker.slow_call_ms",
+        )?,
+        open_for: millis(
+            raw.breaker.open_ms,
+            breaker_defaults.open_for,
+            "routing.breaker.open_ms",
+        )?,
+        max_open_for: millis(
+            raw.breaker.max_open_ms,
+            breaker_defaults.max_open_for,
+            "routing.breaker.max_open_ms",
+        )?,
+        half_open_probes: positive(
+            raw.breaker.half_open_probes.map(u64::from),
+            u64::from(breaker_defaults.half_open_probes),
+            "routing.breaker.half_open_probes",
+            origins,
+        )? as u32,
+    };
+    let mut rules = Vec::new();
+    for (index, rule) in raw.rules.into_iter().enumerate() {
+        let key = format!("routing.rules[{index}]");
+        if rule.route_to.is_empty() {
+            return Err(error(
+                format!("{key}.route_to"),
+                origins,
+                "must name a model",
+            ));
+        }
+        let mut headers = Vec::new();
+        for (name, value) in rule.headers {
+            let parsed = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                error(
+                    format!("{key}.headers.{name}"),
+                    origins,
+                    "not a valid HTTP header name",
+                )
+            })?;
+            headers.push((parsed, value));
+        }
+        rules.push(RouteRule {
+            models: rule.models,
+            keys: rule.keys,
+            headers,
+            metadata: rule.metadata.into_iter().collect(),
+            route_to: rule.route_to,
+        });
+    }
+    Ok(RoutingSettings {
+        breaker,
+        backoff: Backoff {
+            base: millis(
+                raw.backoff_base_ms,
+                defaults.backoff.base,
+                "routing.backoff_base_ms",
+            )?,
+            max: millis(
+                raw.backoff_max_ms,
+                defaults.backoff.max,
+                "routing.backoff_max_ms",
+            )?,
+        },
+        max_attempts: positive(
+            raw.max_attempts.map(u64::from),
+            u64::from(defaults.max_attempts),
+            "routing.max_attempts",
+            origins,
+        )?
+        .min(20) as u32,
+        max_retry_after: millis(
+            raw.max_retry_after_ms,
+            defaults.max_retry_after,
+            "routing.max_retry_after_ms",
+        )?,
+        retry_budget_ratio: rate(
+            raw.retry_budget_ratio,
+            defaults.retry_budget_ratio,
+            "routing.retry_budget_ratio",
+        )?,
+        retry_budget_floor: raw
+            .retry_budget_floor
+            .unwrap_or(defaults.retry_budget_floor),
+        retry_budget_window: millis(
+            raw.retry_budget_window_ms,
+            defaults.retry_budget_window,
+            "routing.retry_budget_window_ms",
+        )?,
+        rules,
+    })
+}
+
 /// The built-in catalog, a LiteLLM price file over it, then `[[catalog.models]]`.
 fn build_catalog(raw: RawCatalog, origins: &Origins) -> Result<Catalog, ConfigError> {
     let mut catalog = Catalog::built_in().map_err(|e| error("catalog", origins, e.to_string()))?;
@@ -981,7 +1285,11 @@ fn validate_provider(
         kind,
         preset: preset_name.to_owned(),
         base_url,
-        api_key: api_key.map(SecretString::from),
+        api_keys: api_key
+            .into_iter()
+            .chain(raw.api_keys.into_iter().filter(|k| !k.is_empty()))
+            .map(SecretString::from)
+            .collect(),
         headers,
         models,
         quirks,

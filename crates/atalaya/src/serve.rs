@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use atalaya_gateway::{Gateway, KeyCache};
+use atalaya_gateway::{Gateway, KeyCache, Routing};
 use atalaya_security::{KeyHasher, is_too_open, load_or_create_secret_file};
 use atalaya_store::{Store, spawn_log_writer};
 use axum::serve::ListenerExt as _;
@@ -66,10 +66,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for _ in 1..settings.worker_threads {
         listeners.push(reuseport_listener(address)?);
     }
+    let routing = Routing::new(&settings.gateway).context("configuring models")?;
     let mut workers = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         let gateway = Gateway::new(
             &settings.gateway,
+            routing.clone(),
             store.clone(),
             log_writer.clone(),
             keys.clone(),

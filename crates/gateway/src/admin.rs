@@ -171,7 +171,7 @@ pub(crate) async fn list_models(State(gateway): State<Arc<Gateway>>) -> Response
         catalog: Option<&'a crate::catalog::ModelInfo>,
     }
     let data: Vec<Model<'_>> = gateway
-        .providers
+        .routing
         .listed
         .iter()
         .map(|listed| Model {

@@ -2,7 +2,10 @@
 //! translated path through canonical form, the built-in simulator, and the mapping of
 //! upstream failures to the client's errors.
 
-use std::sync::Arc;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use atalaya_translate::{
@@ -16,6 +19,7 @@ use mock_provider::openai as sim_wire;
 use tokio::time::Instant;
 
 use crate::config::{ProviderKind, SimSettings};
+use crate::dispatch::Lease;
 use crate::error::ApiError;
 use crate::providers::{Call, Route, SIM_CHAT_MODEL, Upstream, UpstreamFailure, error_chain};
 use crate::relay::{self, Decoder, Encoder, Framing, Transcoder, Translator, UpstreamStream};
@@ -41,11 +45,53 @@ pub(crate) fn drop_requested(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
-/// Where a request is going, and what the gateway knows of the request so far.
+/// How long an attempt may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Until the response headers, and for streams the first chunk.
+    pub ttfb: Duration,
+    /// Longest silence between stream chunks, when the model sets one.
+    pub idle: Option<Duration>,
+    /// When the whole request must be done.
+    pub deadline: Option<Instant>,
+}
+
+impl Limits {
+    /// What is left of the time to first byte of an attempt that began at `started`.
+    pub fn ttfb_left(&self, started: Instant) -> Duration {
+        let left = self.ttfb.saturating_sub(started.elapsed());
+        match self.deadline {
+            Some(deadline) => left.min(deadline.saturating_duration_since(Instant::now())),
+            None => left,
+        }
+    }
+
+    /// What is left to read a whole answer, the provider's own timeout being `timeout`.
+    pub fn body_left(&self, timeout: Duration, started: Instant) -> Duration {
+        let left = timeout.saturating_sub(started.elapsed());
+        match self.deadline {
+            Some(deadline) => left.min(deadline.saturating_duration_since(Instant::now())),
+            None => left,
+        }
+    }
+}
+
+/// One attempt: where it goes, its limits, and the deployment's lease, which a stream
+/// takes with it to report how it ended.
 pub(crate) struct Leg<'a> {
     pub gateway: &'a Arc<Gateway>,
     pub context: &'a RequestContext,
     pub route: &'a Route,
+    pub limits: &'a Limits,
+    pub lease: &'a Mutex<Option<Lease>>,
+    /// The client's request headers.
+    pub headers: &'a HeaderMap,
+}
+
+impl Leg<'_> {
+    pub fn take_lease(&self) -> Option<Lease> {
+        self.lease.lock().ok().and_then(|mut lease| lease.take())
+    }
 }
 
 /// Sends a canonical request to `upstream`; answers in the client's format.
@@ -84,13 +130,18 @@ pub(crate) async fn translated(
         stream: request.stream,
     };
     let response = upstream
-        .post(call, body, &leg.context.id, &[])
+        .post(
+            call,
+            body,
+            &leg.context.id,
+            &[],
+            leg.limits.ttfb_left(started),
+        )
         .await
         .map_err(|failure| upstream_failure(leg.route, failure, exchange))?;
     let notes = rate_limit_notes(upstream.kind, response.headers());
     if !response.status().is_success() || !request.stream {
-        let (status, headers, bytes) =
-            read(upstream, leg.route, response, started, exchange).await?;
+        let (status, headers, bytes) = read(leg, upstream, response, started, exchange).await?;
         if !status.is_success() {
             return Err(upstream_status_error(
                 leg.route,
@@ -146,7 +197,7 @@ pub(crate) async fn translated(
             Decoder::Bedrock(bedrock::StreamDecoder::new(emulation)),
         ),
     };
-    let stream = upstream_stream(response);
+    let stream = started_stream(leg, upstream_stream(response), started, exchange).await?;
     Ok(with_notes(
         translating_relay(leg, exchange, stream, started, framing, decoder, request),
         notes,
@@ -190,6 +241,7 @@ fn translating_relay(
         stream,
         started,
         Transcoder::Translate(Box::new(translator)),
+        leg.take_lease(),
     )
 }
 
@@ -230,23 +282,127 @@ pub(crate) fn upstream_stream(response: reqwest::Response) -> UpstreamStream {
     )
 }
 
-/// Reads a whole upstream body within what is left of the timeout.
+/// Reads a whole upstream body within what is left of the time.
 pub(crate) async fn read(
+    leg: &Leg<'_>,
     upstream: &Upstream,
-    route: &Route,
     response: reqwest::Response,
     started: Instant,
     exchange: &mut Exchange,
 ) -> Result<(reqwest::StatusCode, HeaderMap, Bytes), ApiError> {
     let status = response.status();
     let headers = response.headers().clone();
-    let remaining = upstream.timeout.saturating_sub(started.elapsed());
+    let remaining = leg.limits.body_left(upstream.timeout, started);
     let bytes = upstream
         .read_body(response, remaining)
         .await
-        .map_err(|failure| upstream_failure(route, failure, exchange))?;
+        .map_err(|failure| upstream_failure(leg.route, failure, exchange))?;
     exchange.upstream_time = started.elapsed();
     Ok((status, headers, bytes))
+}
+
+/// Waits for a stream's first chunk before the client is answered: until then a failure can
+/// still be retried on another deployment. The stream is then bounded by the attempt's idle
+/// gap and deadline, when set.
+pub(crate) async fn started_stream(
+    leg: &Leg<'_>,
+    mut stream: UpstreamStream,
+    started: Instant,
+    exchange: &mut Exchange,
+) -> Result<UpstreamStream, ApiError> {
+    let within = leg.limits.ttfb_left(started);
+    let first = match tokio::time::timeout(within, stream.next()).await {
+        Err(_) => {
+            return Err(upstream_failure(
+                leg.route,
+                UpstreamFailure::Timeout(within),
+                exchange,
+            ));
+        }
+        Ok(Some(Ok(first))) => first,
+        Ok(Some(Err(detail))) => return Err(stream_failed(leg.route, &detail, exchange)),
+        Ok(None) => {
+            return Err(stream_failed(
+                leg.route,
+                "the stream ended before its first byte",
+                exchange,
+            ));
+        }
+    };
+    let stream: UpstreamStream =
+        Box::pin(futures_util::stream::once(std::future::ready(Ok(first))).chain(stream));
+    if leg.limits.idle.is_none() && leg.limits.deadline.is_none() {
+        return Ok(stream);
+    }
+    Ok(Box::pin(Bounded {
+        inner: stream,
+        idle: leg.limits.idle,
+        gap: leg
+            .limits
+            .idle
+            .map(|idle| Box::pin(tokio::time::sleep(idle))),
+        deadline: leg
+            .limits
+            .deadline
+            .map(|deadline| Box::pin(tokio::time::sleep_until(deadline))),
+        done: false,
+    }))
+}
+
+fn stream_failed(route: &Route, detail: &str, exchange: &mut Exchange) -> ApiError {
+    exchange.upstream_error_class = Some("stream");
+    tracing::warn!(provider = %route.provider.name, error = %detail, "Upstream stream failed before its first byte.");
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream_stream_error",
+        format!(
+            "The provider `{}` broke the stream before it sent anything.",
+            route.provider.name
+        ),
+    )
+}
+
+/// A stream held to an idle gap between chunks and a deadline; breaking either ends it
+/// with an error, which the relay turns into an error event.
+struct Bounded {
+    inner: UpstreamStream,
+    idle: Option<Duration>,
+    gap: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    done: bool,
+}
+
+impl futures_util::Stream for Bounded {
+    type Item = Result<Bytes, String>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = self.inner.as_mut().poll_next(cx) {
+            if let (Some(idle), Some(gap)) = (self.idle, self.gap.as_mut()) {
+                gap.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+            return Poll::Ready(item);
+        }
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            self.done = true;
+            return Poll::Ready(Some(Err("the request's time limit was reached".to_owned())));
+        }
+        let idle = self.idle;
+        if let (Some(idle), Some(gap)) = (idle, self.gap.as_mut())
+            && gap.as_mut().poll(cx).is_ready()
+        {
+            self.done = true;
+            return Poll::Ready(Some(Err(format!(
+                "no data for {} ms (the model's idle_timeout_ms)",
+                idle.as_millis()
+            ))));
+        }
+        Poll::Pending
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,8 +514,18 @@ pub(crate) fn upstream_failure(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
                 format!(
-                    "The provider `{provider}` did not answer within {} ms (providers.timeout_ms).",
-                    limit.as_millis()
+                    "The provider `{provider}` did not answer within {} ms (the provider's timeout_ms, or the model's ttfb_timeout_ms).",
+                    (limit.as_secs_f64() * 1000.0).round() as u64
+                ),
+            ),
+        ),
+        UpstreamFailure::NoKeys => (
+            "auth",
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_auth_failed",
+                format!(
+                    "Every API key of provider `{provider}` was refused; an operator must replace them."
                 ),
             ),
         ),

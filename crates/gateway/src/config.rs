@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use atalaya_resilience::{Backoff, BreakerConfig};
 use atalaya_translate::openai::Quirks;
 use http::{HeaderName, HeaderValue};
 use secrecy::SecretString;
@@ -16,8 +17,9 @@ pub struct GatewayConfig {
     /// The built-in simulated provider, when on.
     pub sim: Option<SimSettings>,
     pub providers: Vec<ProviderSettings>,
-    pub models: Vec<ModelAlias>,
+    pub models: Vec<ModelSettings>,
     pub catalog: Catalog,
+    pub routing: RoutingSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +73,8 @@ pub struct ProviderSettings {
     /// Where its URL paths go: with the version for OpenAI-style providers
     /// (`https://api.openai.com/v1`), the host root for native ones.
     pub base_url: String,
-    pub api_key: Option<SecretString>,
+    /// Keys used in turn; one the provider refuses (401/403) is disabled and reported.
+    pub api_keys: Vec<SecretString>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Model names served under their own name (also reachable as `provider/model`).
     pub models: Vec<String>,
@@ -90,10 +93,122 @@ pub struct ProviderSettings {
     pub source: String,
 }
 
-/// A public model name served by one provider's upstream model.
+/// A public model name and the deployments that serve it.
 #[derive(Debug, Clone)]
-pub struct ModelAlias {
+pub struct ModelSettings {
     pub name: String,
+    pub strategy: Strategy,
+    pub deployments: Vec<DeploymentSettings>,
+    /// Models tried, in order, when every deployment of this one failed.
+    pub fallbacks: Vec<String>,
+    /// The model used when the prompt does not fit any deployment's context window.
+    pub context_fallback: Option<String>,
+    pub timeouts: Timeouts,
+}
+
+/// One provider's upstream model serving a public model.
+#[derive(Debug, Clone)]
+pub struct DeploymentSettings {
     pub provider: String,
     pub model: String,
+    /// Share of traffic under `weighted` (and the tie-break elsewhere).
+    pub weight: u32,
+}
+
+/// How a model's deployments are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    RoundRobin,
+    Weighted,
+    /// Fewest requests in flight.
+    LeastConnections,
+    /// Lowest peak-EWMA latency of two picked at random.
+    Latency,
+    /// Cheapest for this request, by catalog prices.
+    Cost,
+    /// In the configured order: the next only when the one before fails.
+    Priority,
+    /// Scores success rate, latency and cost; keeps exploring.
+    Adaptive,
+}
+
+impl Strategy {
+    pub const NAMES: &[&str] = &[
+        "round-robin",
+        "weighted",
+        "least-connections",
+        "latency",
+        "cost",
+        "priority",
+        "adaptive",
+    ];
+
+    pub fn parse(name: &str) -> Option<Strategy> {
+        Some(match name {
+            "round-robin" => Strategy::RoundRobin,
+            "weighted" => Strategy::Weighted,
+            "least-connections" => Strategy::LeastConnections,
+            "latency" => Strategy::Latency,
+            "cost" => Strategy::Cost,
+            "priority" => Strategy::Priority,
+            "adaptive" => Strategy::Adaptive,
+            _ => return None,
+        })
+    }
+}
+
+/// Per-model limits on how long an upstream may take; unset ones fall back to the provider's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Until the response headers (and, for streams, the first chunk) arrive.
+    pub ttfb: Option<Duration>,
+    /// Longest silence between two chunks of a stream.
+    pub idle: Option<Duration>,
+    /// The whole request, retries included.
+    pub total: Option<Duration>,
+}
+
+/// Retries, breakers and routing rules, for every model.
+#[derive(Debug, Clone)]
+pub struct RoutingSettings {
+    pub breaker: BreakerConfig,
+    pub backoff: Backoff,
+    /// Calls per request at most, across deployments and fallbacks.
+    pub max_attempts: u32,
+    /// The longest `Retry-After` waited for before retrying.
+    pub max_retry_after: Duration,
+    /// Retries allowed as a share of requests over `retry_budget_window`, plus the floor.
+    pub retry_budget_ratio: f64,
+    pub retry_budget_floor: u32,
+    pub retry_budget_window: Duration,
+    pub rules: Vec<RouteRule>,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            breaker: BreakerConfig::default(),
+            backoff: Backoff::default(),
+            max_attempts: 3,
+            max_retry_after: Duration::from_secs(30),
+            retry_budget_ratio: 0.2,
+            retry_budget_floor: 10,
+            retry_budget_window: Duration::from_secs(10),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Sends matching requests to another model. Every condition given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RouteRule {
+    /// Requested models it applies to; empty for all.
+    pub models: Vec<String>,
+    /// Key ids (`key_...`); empty for any caller.
+    pub keys: Vec<String>,
+    /// Request headers that must have these values.
+    pub headers: Vec<(HeaderName, String)>,
+    /// Entries of the request's `metadata` object that must have these values.
+    pub metadata: Vec<(String, String)>,
+    pub route_to: String,
 }

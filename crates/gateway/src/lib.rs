@@ -14,12 +14,14 @@ mod auth;
 pub mod catalog;
 mod chat;
 pub mod config;
+mod dispatch;
 mod error;
 mod messages;
 mod openai;
 pub mod presets;
 mod providers;
 mod relay;
+mod routing;
 mod usage;
 mod v1;
 
@@ -40,10 +42,12 @@ use tokio::time::Instant;
 pub use atalaya_translate::Usage;
 pub use auth::{KeyCache, Principal};
 pub use config::{
-    AwsSettings, GatewayConfig, ModelAlias, ProviderKind, ProviderSettings, SimSettings,
+    AwsSettings, DeploymentSettings, GatewayConfig, ModelSettings, ProviderKind, ProviderSettings,
+    RouteRule, RoutingSettings, SimSettings, Strategy, Timeouts,
 };
 pub use error::ApiError;
 pub use providers::{ProviderError, SIM_CHAT_MODEL, SIM_EMBED_MODEL, SIM_PROVIDER};
+pub use routing::{Routing, RoutingError};
 
 use error::ErrorNote;
 use providers::Providers;
@@ -53,6 +57,9 @@ pub struct Gateway {
     store: Store,
     log_writer: LogWriter,
     keys: Arc<KeyCache>,
+    /// Shared by every worker: models, deployments and their health.
+    routing: Arc<Routing>,
+    /// This worker's HTTP clients.
     providers: Providers,
     metrics: PrometheusHandle,
     max_body_bytes: usize,
@@ -70,11 +77,22 @@ pub struct ProviderSummary {
     pub source: String,
     /// Model names it serves under their own name.
     pub models: Vec<String>,
+    /// API keys: how many are configured and how many the provider has not refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeySummary>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeySummary {
+    pub total: usize,
+    pub enabled: usize,
 }
 
 impl Gateway {
+    /// One worker's gateway. `routing` is built once (`Routing::new`) and shared by all.
     pub fn new(
         config: &GatewayConfig,
+        routing: Arc<Routing>,
         store: Store,
         log_writer: LogWriter,
         keys: Arc<KeyCache>,
@@ -84,7 +102,8 @@ impl Gateway {
             store,
             log_writer,
             keys,
-            providers: Providers::new(config)?,
+            providers: Providers::new(config, &routing)?,
+            routing,
             metrics,
             max_body_bytes: config.max_body_bytes,
             handles: std::sync::Mutex::default(),
@@ -100,12 +119,17 @@ impl Gateway {
                 preset: provider.preset.clone(),
                 source: provider.source.clone(),
                 models: self
-                    .providers
+                    .routing
                     .listed
                     .iter()
                     .filter(|listed| listed.owned_by == provider.name)
                     .map(|listed| listed.id.clone())
                     .collect(),
+                keys: self
+                    .routing
+                    .key_status(&provider.name)
+                    .filter(|(_, total)| *total > 0)
+                    .map(|(enabled, total)| KeySummary { total, enabled }),
             })
             .collect()
     }
@@ -166,6 +190,10 @@ impl Gateway {
                 .map(|u| u.cached_tokens as i64),
             usage_estimated: exchange.usage.is_some_and(|u| u.estimated),
             cost_usd: cost,
+            deployment: exchange.deployment.as_deref().map(str::to_owned),
+            attempts: i64::from(exchange.attempts),
+            retries: i64::from(exchange.retries),
+            fallback_path: exchange.fallback_path.clone(),
             error: exchange.error.clone(),
         });
     }
@@ -296,6 +324,13 @@ pub(crate) struct Exchange {
     pub usage: Option<Usage>,
     /// The catalog entry of the upstream model, which prices the usage.
     pub info: Option<Arc<catalog::ModelInfo>>,
+    /// `provider/model` of the deployment that served (or last failed).
+    pub deployment: Option<Arc<str>>,
+    /// Upstream calls made, and how many of them were retries.
+    pub attempts: u32,
+    pub retries: u32,
+    /// Models tried in order when fallbacks were used (`smart>cheap`).
+    pub fallback_path: Option<String>,
     pub error: Option<String>,
     pub upstream_error_class: Option<&'static str>,
 }

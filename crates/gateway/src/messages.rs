@@ -13,11 +13,11 @@ use axum::response::Response;
 use tokio::time::Instant;
 
 use crate::chat::{self, Leg, json};
-use crate::config::ProviderKind;
+use crate::dispatch::{self, Inbound};
 use crate::error::ApiError;
-use crate::providers::{Adapter, Call, SIM_PROVIDER, Upstream};
+use crate::providers::{Call, SIM_PROVIDER, Upstream};
 use crate::relay::{Transcoder, sse_response};
-use crate::v1::{body_error, finish, route_for};
+use crate::v1::{body_error, finish};
 use crate::{ClientFormat, Exchange, Gateway, Principal, RequestContext};
 
 pub(crate) async fn create(
@@ -45,52 +45,46 @@ async fn message(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    // Read leniently first: the model decides the provider, which decides what is refused.
+    // Read leniently: what a provider cannot take is judged per attempt, once the provider
+    // is known (an Anthropic upstream takes everything).
     let lenient = Target {
         provider: SIM_PROVIDER.to_owned(),
         drop_unsupported: true,
     };
-    let mut request = anthropic::decode_request(&body, &lenient)?;
-    exchange.stream = request.stream;
-    let route = route_for(gateway, &request.model, exchange)?;
-    let leg = Leg {
+    let request = anthropic::decode_request(&body, &lenient)?;
+    let inbound = Inbound::AnthropicChat {
+        body: &body,
+        request: &request,
+    };
+    dispatch::serve(
         gateway,
         context,
-        route: &route,
-    };
-    let drop = chat::drop_requested(headers);
-    match &route.provider.adapter {
-        Adapter::Upstream(upstream) if upstream.kind == ProviderKind::Anthropic => {
-            passthrough(&leg, upstream, &body, request.stream, headers, exchange).await
-        }
-        Adapter::Upstream(upstream) => {
-            if !drop && !upstream.drop_unsupported {
-                request = anthropic::decode_request(&body, &upstream.target(false))?;
-            }
-            request.model = route.upstream_model.to_string();
-            chat::translated(&leg, upstream, request, drop, exchange).await
-        }
-        Adapter::Sim(settings) => {
-            request.model = route.upstream_model.to_string();
-            chat::sim_translated(&leg, settings, request, exchange).await
-        }
-    }
+        exchange,
+        headers,
+        &request.model,
+        &inbound,
+    )
+    .await
 }
 
 /// Anthropic to Anthropic: the body goes as it came (model replaced), with the client's API
 /// version and beta flags; the answer comes back untouched.
-async fn passthrough(
+pub(crate) async fn passthrough(
     leg: &Leg<'_>,
     upstream: &Upstream,
     body: &[u8],
     stream: bool,
-    headers: &HeaderMap,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
     let upstream_body = crate::openai::replace_model(body, &leg.route.upstream_model)?;
     let forwarded: Vec<(HeaderName, HeaderValue)> = ["anthropic-version", "anthropic-beta"]
         .iter()
-        .filter_map(|name| Some((HeaderName::from_static(name), headers.get(*name)?.clone())))
+        .filter_map(|name| {
+            Some((
+                HeaderName::from_static(name),
+                leg.headers.get(*name)?.clone(),
+            ))
+        })
         .collect();
     let started = Instant::now();
     let call = Call::Chat {
@@ -98,13 +92,19 @@ async fn passthrough(
         stream,
     };
     let response = upstream
-        .post(call, upstream_body, &leg.context.id, &forwarded)
+        .post(
+            call,
+            upstream_body,
+            &leg.context.id,
+            &forwarded,
+            leg.limits.ttfb_left(started),
+        )
         .await
         .map_err(|failure| chat::upstream_failure(leg.route, failure, exchange))?;
     let notes = chat::rate_limit_notes(upstream.kind, response.headers());
     if !stream || !response.status().is_success() {
         let (status, headers, bytes) =
-            chat::read(upstream, leg.route, response, started, exchange).await?;
+            chat::read(leg, upstream, response, started, exchange).await?;
         if !status.is_success() {
             return Err(chat::upstream_status_error(
                 leg.route,
@@ -118,14 +118,17 @@ async fn passthrough(
         exchange.usage = anthropic::usage_of(&bytes);
         return Ok(chat::with_notes(json(StatusCode::OK, bytes), notes));
     }
+    let stream =
+        chat::started_stream(leg, chat::upstream_stream(response), started, exchange).await?;
     Ok(chat::with_notes(
         sse_response(
             leg.gateway.clone(),
             leg.context.clone(),
             exchange.clone(),
-            chat::upstream_stream(response),
+            stream,
             started,
             Transcoder::Anthropic(anthropic::StreamDecoder::new(Default::default())),
+            leg.take_lease(),
         ),
         notes,
     ))

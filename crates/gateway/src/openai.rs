@@ -310,6 +310,21 @@ impl<'a> ChatRequest<'a> {
         })
     }
 
+    /// Whether the request has the top-level field `name` (not null).
+    pub fn has(&self, name: &str) -> bool {
+        self.fields
+            .iter()
+            .any(|(field, raw)| field == name && raw.get() != "null")
+    }
+
+    /// The output limit asked for, if any.
+    pub fn max_tokens(&self) -> Option<u32> {
+        self.fields
+            .iter()
+            .find(|(field, _)| field == "max_completion_tokens" || field == "max_tokens")
+            .and_then(|(_, raw)| raw.get().parse().ok())
+    }
+
     /// Whether the raw body can go to an OpenAI-dialect server as it is (with only the
     /// rewrites `upstream_body` makes), rather than through canonical form.
     pub fn passes_through(&self, quirks: &Quirks) -> bool {

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use secrecy::ExposeSecret as _;
 
-use crate::catalog::{Catalog, ModelInfo};
+use crate::catalog::ModelInfo;
 use crate::config::{AwsSettings, GatewayConfig, ProviderKind, ProviderSettings, SimSettings};
+use crate::routing::{KeyRing, Routing};
 
 /// The built-in simulated provider's name and models.
 pub const SIM_PROVIDER: &str = "sim";
@@ -27,15 +28,13 @@ pub(crate) enum Adapter {
 
 pub(crate) struct Provider {
     pub name: Arc<str>,
-    /// `name/*`, the metric label of every `name/<model>` request.
-    pub wildcard_label: Arc<str>,
     pub adapter: Adapter,
     /// The preset or type it was built from.
     pub preset: String,
     pub source: String,
 }
 
-/// Where one request goes.
+/// Where one attempt goes: a deployment, on this worker's provider.
 #[derive(Clone)]
 pub(crate) struct Route {
     pub provider: Arc<Provider>,
@@ -47,20 +46,11 @@ pub(crate) struct Route {
     pub info: Option<Arc<ModelInfo>>,
 }
 
-/// A model as listed by `GET /v1/models`.
-pub(crate) struct Listed {
-    pub id: String,
-    pub owned_by: Arc<str>,
-    pub info: Option<Arc<ModelInfo>>,
-}
-
+/// This worker's providers, by name.
 pub(crate) struct Providers {
     by_name: HashMap<String, Arc<Provider>>,
     /// In configuration order.
     order: Vec<Arc<Provider>>,
-    routes: HashMap<String, Route>,
-    pub listed: Vec<Listed>,
-    catalog: Catalog,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +61,6 @@ pub enum ProviderError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("model `{model}` names provider `{provider}`, which is not configured")]
-    UnknownProvider { model: String, provider: String },
     #[error("provider `{provider}` has an invalid base_url")]
     BaseUrl {
         provider: String,
@@ -84,50 +72,27 @@ pub enum ProviderError {
 }
 
 impl Providers {
-    pub fn new(config: &GatewayConfig) -> Result<Self, ProviderError> {
+    pub fn new(config: &GatewayConfig, routing: &Routing) -> Result<Self, ProviderError> {
         let mut providers = Providers {
             by_name: HashMap::new(),
             order: Vec::new(),
-            routes: HashMap::new(),
-            listed: Vec::new(),
-            catalog: config.catalog.clone(),
         };
         if let Some(sim) = &config.sim {
-            let provider = Arc::new(Provider {
+            providers.add(Arc::new(Provider {
                 name: Arc::from(SIM_PROVIDER),
-                wildcard_label: Arc::from(format!("{SIM_PROVIDER}/*")),
                 adapter: Adapter::Sim(sim.clone()),
                 preset: SIM_PROVIDER.to_owned(),
                 source: "built in".to_owned(),
-            });
-            providers.add(provider.clone())?;
-            providers.serve(SIM_CHAT_MODEL, &provider, SIM_CHAT_MODEL, false);
-            providers.serve(SIM_EMBED_MODEL, &provider, SIM_EMBED_MODEL, false);
+            }))?;
         }
         for settings in &config.providers {
-            let provider = Arc::new(Provider {
+            let keys = crate::routing::key_ring(routing, settings);
+            providers.add(Arc::new(Provider {
                 name: Arc::from(settings.name.as_str()),
-                wildcard_label: Arc::from(format!("{}/*", settings.name)),
-                adapter: Adapter::Upstream(Box::new(Upstream::new(settings)?)),
+                adapter: Adapter::Upstream(Box::new(Upstream::new(settings, keys)?)),
                 preset: settings.preset.clone(),
                 source: settings.source.clone(),
-            });
-            providers.add(provider.clone())?;
-            for model in &settings.models {
-                // The first provider to list a name serves it; others are `provider/model`.
-                providers.serve(model, &provider, model, false);
-            }
-        }
-        for alias in &config.models {
-            let provider = providers
-                .by_name
-                .get(&alias.provider)
-                .cloned()
-                .ok_or_else(|| ProviderError::UnknownProvider {
-                    model: alias.name.clone(),
-                    provider: alias.provider.clone(),
-                })?;
-            providers.serve(&alias.name, &provider, &alias.model, true);
+            }))?;
         }
         Ok(providers)
     }
@@ -144,58 +109,8 @@ impl Providers {
         Ok(())
     }
 
-    fn info(&self, provider: &Provider, model: &str) -> Option<Arc<ModelInfo>> {
-        self.catalog
-            .get(&provider.name, model)
-            .or_else(|| self.catalog.get(&provider.preset, model))
-            // Azure deployments are usually named after the OpenAI model and priced like it.
-            .or_else(|| {
-                (provider.preset == "azure")
-                    .then(|| self.catalog.get("openai", model))
-                    .flatten()
-            })
-    }
-
-    /// Serves `name`; `replace` lets an alias in `[[models]]` override a provider's own name.
-    fn serve(&mut self, name: &str, provider: &Arc<Provider>, upstream_model: &str, replace: bool) {
-        if !replace && self.routes.contains_key(name) {
-            return;
-        }
-        let info = self.info(provider, upstream_model);
-        let route = Route {
-            provider: provider.clone(),
-            upstream_model: Arc::from(upstream_model),
-            label: Arc::from(name),
-            info: info.clone(),
-        };
-        if self.routes.insert(name.to_owned(), route).is_none() {
-            self.listed.push(Listed {
-                id: name.to_owned(),
-                owned_by: provider.name.clone(),
-                info,
-            });
-        } else if let Some(listed) = self.listed.iter_mut().find(|l| l.id == name) {
-            listed.owned_by = provider.name.clone();
-            listed.info = info;
-        }
-    }
-
-    /// A listed name, or `provider/upstream-model` for any configured provider.
-    pub fn resolve(&self, model: &str) -> Option<Route> {
-        if let Some(route) = self.routes.get(model) {
-            return Some(route.clone());
-        }
-        let (provider, upstream_model) = model.split_once('/')?;
-        let provider = self.by_name.get(provider)?;
-        if upstream_model.is_empty() {
-            return None;
-        }
-        Some(Route {
-            provider: provider.clone(),
-            upstream_model: Arc::from(upstream_model),
-            label: provider.wildcard_label.clone(),
-            info: self.info(provider, upstream_model),
-        })
+    pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.by_name.get(name)
     }
 
     /// Providers in configuration order.
@@ -209,6 +124,8 @@ impl Providers {
 pub(crate) enum UpstreamFailure {
     Connect(String),
     Timeout(Duration),
+    /// Every configured key was refused.
+    NoKeys,
     Other(String),
 }
 
@@ -240,51 +157,20 @@ pub(crate) struct Upstream {
     embeddings_url: Option<url::Url>,
     api_version: String,
     aws: Option<AwsSettings>,
+    keys: Arc<KeyRing>,
 }
 
 /// The Anthropic API version sent when the client named none.
 pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 const AZURE_API_VERSION: &str = "2024-10-21";
 
-fn secret_header(value: &str) -> Option<HeaderValue> {
-    let mut value = HeaderValue::from_str(value).ok()?;
-    value.set_sensitive(true);
-    Some(value)
-}
-
 impl Upstream {
-    fn new(settings: &ProviderSettings) -> Result<Self, ProviderError> {
+    fn new(settings: &ProviderSettings, keys: Arc<KeyRing>) -> Result<Self, ProviderError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        let key = settings
-            .api_key
-            .as_ref()
-            .map(|k| k.expose_secret().to_owned());
-        if let Some(key) = &key {
-            let auth = match settings.kind {
-                ProviderKind::OpenAi | ProviderKind::Cohere => Some((
-                    header::AUTHORIZATION,
-                    secret_header(&format!("Bearer {key}")),
-                )),
-                ProviderKind::Azure => {
-                    Some((HeaderName::from_static("api-key"), secret_header(key)))
-                }
-                ProviderKind::Anthropic => {
-                    Some((HeaderName::from_static("x-api-key"), secret_header(key)))
-                }
-                ProviderKind::Gemini => Some((
-                    HeaderName::from_static("x-goog-api-key"),
-                    secret_header(key),
-                )),
-                ProviderKind::Bedrock => None,
-            };
-            if let Some((name, Some(value))) = auth {
-                headers.insert(name, value);
-            }
-        }
         if settings.kind == ProviderKind::Anthropic {
             headers.insert(
                 HeaderName::from_static("anthropic-version"),
@@ -344,7 +230,20 @@ impl Upstream {
                 .clone()
                 .unwrap_or_else(|| AZURE_API_VERSION.to_owned()),
             aws: settings.aws.clone(),
+            keys,
         })
+    }
+
+    /// The header carrying `key` in this provider's style.
+    fn auth_header(&self, key: &secrecy::SecretString) -> Option<(HeaderName, HeaderValue)> {
+        let (name, bearer) = match self.kind {
+            ProviderKind::OpenAi | ProviderKind::Cohere => (header::AUTHORIZATION, true),
+            ProviderKind::Azure => (HeaderName::from_static("api-key"), false),
+            ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), false),
+            ProviderKind::Gemini => (HeaderName::from_static("x-goog-api-key"), false),
+            ProviderKind::Bedrock => return None,
+        };
+        Some((name, KeyRing::header(key, bearer)?))
     }
 
     /// How translation treats what this provider cannot take.
@@ -423,17 +322,27 @@ impl Upstream {
             .map_err(|error| UpstreamFailure::Other(format!("bad URL {text}: {error}")))
     }
 
-    /// POSTs `body` and waits for the response headers. `headers` override the defaults
-    /// (e.g. a client's `anthropic-version`).
+    /// POSTs `body` and waits up to `ttfb` for the response headers, with the next of the
+    /// provider's keys. `headers` override the defaults (e.g. a client's
+    /// `anthropic-version`). A key the provider refuses (401/403) is disabled.
     pub async fn post(
         &self,
         call: Call<'_>,
         body: Vec<u8>,
         request_id: &str,
         headers: &[(HeaderName, HeaderValue)],
+        ttfb: Duration,
     ) -> Result<reqwest::Response, UpstreamFailure> {
         let url = self.url(call)?;
         let mut request = self.client.post(url.clone());
+        let mut key_index = None;
+        if !self.keys.is_empty() {
+            let (index, key) = self.keys.pick().ok_or(UpstreamFailure::NoKeys)?;
+            key_index = Some(index);
+            if let Some((name, value)) = self.auth_header(key) {
+                request = request.header(name, value);
+            }
+        }
         if let Some(aws) = &self.aws {
             for (name, value) in sign_aws(aws, &url, &body) {
                 request = request.header(name, value);
@@ -446,13 +355,20 @@ impl Upstream {
             request = request.header("x-request-id", value);
         }
         let request = request.body(body);
-        match tokio::time::timeout(self.timeout, request.send()).await {
-            Err(_) => Err(UpstreamFailure::Timeout(self.timeout)),
-            Ok(Ok(response)) => Ok(response),
+        match tokio::time::timeout(ttfb, request.send()).await {
+            Err(_) => Err(UpstreamFailure::Timeout(ttfb)),
+            Ok(Ok(response)) => {
+                if matches!(response.status().as_u16(), 401 | 403)
+                    && let Some(index) = key_index
+                {
+                    self.keys.disable(index);
+                }
+                Ok(response)
+            }
             Ok(Err(error)) if error.is_connect() => {
                 Err(UpstreamFailure::Connect(error_chain(&error)))
             }
-            Ok(Err(error)) if error.is_timeout() => Err(UpstreamFailure::Timeout(self.timeout)),
+            Ok(Err(error)) if error.is_timeout() => Err(UpstreamFailure::Timeout(ttfb)),
             Ok(Err(error)) => Err(UpstreamFailure::Other(error_chain(&error))),
         }
     }

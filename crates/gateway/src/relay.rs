@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::time::Instant;
 
+use crate::dispatch::Lease;
 use crate::{ClientFormat, Deferred, Exchange, Gateway, RequestContext};
 
 pub(crate) type UpstreamStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
@@ -248,8 +249,10 @@ pub(crate) fn sse_response(
     upstream: UpstreamStream,
     upstream_started: Instant,
     transcoder: Transcoder,
+    lease: Option<Lease>,
 ) -> Response {
     let relay = Relay {
+        lease,
         upstream,
         pending: BytesMut::new(),
         transcoder,
@@ -286,6 +289,8 @@ struct Record {
 }
 
 struct Relay {
+    /// The deployment's lease: told how the stream ended.
+    lease: Option<Lease>,
     upstream: UpstreamStream,
     /// An incomplete event carried over to the next upstream chunk (pass-through modes).
     pending: BytesMut,
@@ -308,6 +313,14 @@ impl Relay {
         };
         self.finished = true;
         record.exchange.upstream_time = record.upstream_started.elapsed();
+        if let Some(lease) = self.lease.take() {
+            match (status, error.as_ref().map(|(class, _)| *class)) {
+                // The client left: that says nothing about the deployment.
+                (_, Some("client")) => drop(lease),
+                (200, _) => lease.succeed(record.exchange.ttft),
+                _ => lease.fail(),
+            }
+        }
         if let Some((class, message)) = error {
             record.exchange.upstream_error_class = Some(class);
             record.exchange.error = Some(message);

@@ -12,11 +12,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::chat::{self, Leg, SimAnswer, json};
+use crate::chat::{self, Leg, json};
 use crate::config::ProviderKind;
+use crate::dispatch::{self, Inbound};
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, EmbeddingRequest};
-use crate::providers::{Adapter, Call, Route, SIM_EMBED_DIMENSIONS, SIM_EMBED_MODEL, Upstream};
+use crate::providers::{Adapter, Call, SIM_EMBED_DIMENSIONS, SIM_EMBED_MODEL, Upstream};
 use crate::relay::{Transcoder, sse_response};
 use crate::{ClientFormat, Exchange, Gateway, Principal, RequestContext};
 
@@ -55,23 +56,6 @@ pub(crate) fn finish(
     response
 }
 
-pub(crate) fn route_for(
-    gateway: &Gateway,
-    model: &str,
-    exchange: &mut Exchange,
-) -> Result<Route, ApiError> {
-    exchange.model = Some(model.to_owned());
-    let route = gateway
-        .providers
-        .resolve(model)
-        .ok_or_else(|| ApiError::model_not_found(model))?;
-    exchange.provider = Some(route.provider.name.clone());
-    exchange.upstream_model = Some(route.upstream_model.clone());
-    exchange.model_label = Some(route.label.clone());
-    exchange.info = route.info.clone();
-    Ok(route)
-}
-
 pub(crate) async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
@@ -90,7 +74,7 @@ pub(crate) async fn chat_completions(
     finish(result, exchange, ClientFormat::OpenAi)
 }
 
-async fn chat(
+pub(crate) async fn chat(
     gateway: &Arc<Gateway>,
     context: &RequestContext,
     exchange: &mut Exchange,
@@ -98,94 +82,92 @@ async fn chat(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request = ChatRequest::parse(&body)?;
-    exchange.stream = request.stream;
-    let route = route_for(gateway, &request.model, exchange)?;
-    let leg = Leg {
+    let inbound = Inbound::OpenAiChat {
+        body: &body,
+        request: &request,
+    };
+    dispatch::serve(
         gateway,
         context,
-        route: &route,
+        exchange,
+        headers,
+        &request.model,
+        &inbound,
+    )
+    .await
+}
+
+/// OpenAI to an OpenAI-dialect server: the body goes up with only the model (and the
+/// dialect's quirks) rewritten; the answer comes back untouched.
+pub(crate) async fn passthrough(
+    leg: &Leg<'_>,
+    upstream: &Upstream,
+    body: &Bytes,
+    request: &ChatRequest<'_>,
+    exchange: &mut Exchange,
+) -> Result<Response, ApiError> {
+    let route = leg.route;
+    let upstream_body = request.upstream_body(&route.upstream_model, &upstream.quirks);
+    let upstream_started = Instant::now();
+    let call = Call::Chat {
+        model: &route.upstream_model,
+        stream: request.stream,
     };
-    let strip_usage_only_chunks = !request.client_wants_usage;
-    match &route.provider.adapter {
-        Adapter::Sim(settings) => {
-            let upstream_started = Instant::now();
-            match chat::sim(settings, &route, &request.model, &body).await? {
-                SimAnswer::Json(bytes) => {
-                    exchange.usage = wire::usage_of(&bytes);
-                    exchange.upstream_time = upstream_started.elapsed();
-                    Ok(json(StatusCode::OK, bytes))
-                }
-                SimAnswer::Stream(stream) => Ok(sse_response(
-                    gateway.clone(),
-                    context.clone(),
-                    exchange.clone(),
-                    stream,
-                    upstream_started,
-                    Transcoder::OpenAi {
-                        strip_usage_only_chunks,
-                    },
-                )),
-            }
-        }
-        Adapter::Upstream(upstream)
-            if matches!(upstream.kind, ProviderKind::OpenAi | ProviderKind::Azure)
-                && request.passes_through(&upstream.quirks) =>
-        {
-            let upstream_body = request.upstream_body(&route.upstream_model, &upstream.quirks);
-            let upstream_started = Instant::now();
-            let call = Call::Chat {
-                model: &route.upstream_model,
-                stream: request.stream,
-            };
-            let response = upstream
-                .post(call, upstream_body, &context.id, &[])
-                .await
-                .map_err(|failure| chat::upstream_failure(&route, failure, exchange))?;
-            let notes = chat::rate_limit_notes(upstream.kind, response.headers());
-            if !request.stream || !response.status().is_success() {
-                let answer =
-                    complete(upstream, &route, response, upstream_started, exchange).await?;
-                return Ok(chat::with_notes(answer, notes));
-            }
-            Ok(chat::with_notes(
-                sse_response(
-                    gateway.clone(),
-                    context.clone(),
-                    exchange.clone(),
-                    chat::upstream_stream(response),
-                    upstream_started,
-                    Transcoder::OpenAi {
-                        strip_usage_only_chunks,
-                    },
-                ),
-                notes,
-            ))
-        }
-        Adapter::Upstream(upstream) => {
-            let drop = chat::drop_requested(headers);
-            let mut canonical = wire::decode_request(&body, &upstream.target(drop))?;
-            canonical.model = route.upstream_model.to_string();
-            chat::translated(&leg, upstream, canonical, drop, exchange).await
-        }
+    let response = upstream
+        .post(
+            call,
+            upstream_body,
+            &leg.context.id,
+            &[],
+            leg.limits.ttfb_left(upstream_started),
+        )
+        .await
+        .map_err(|failure| chat::upstream_failure(route, failure, exchange))?;
+    let notes = chat::rate_limit_notes(upstream.kind, response.headers());
+    if !request.stream || !response.status().is_success() {
+        let answer = complete(leg, upstream, response, upstream_started, exchange).await?;
+        return Ok(chat::with_notes(answer, notes));
     }
+    let _ = body;
+    let stream = chat::started_stream(
+        leg,
+        chat::upstream_stream(response),
+        upstream_started,
+        exchange,
+    )
+    .await?;
+    Ok(chat::with_notes(
+        sse_response(
+            leg.gateway.clone(),
+            leg.context.clone(),
+            exchange.clone(),
+            stream,
+            upstream_started,
+            Transcoder::OpenAi {
+                strip_usage_only_chunks: !request.client_wants_usage,
+            },
+            leg.take_lease(),
+        ),
+        notes,
+    ))
 }
 
 /// Reads a whole OpenAI-format answer and passes it on: success bodies untouched, errors mapped.
 async fn complete(
+    leg: &Leg<'_>,
     upstream: &Upstream,
-    route: &Route,
     response: reqwest::Response,
     upstream_started: Instant,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
     let (status, headers, bytes) =
-        chat::read(upstream, route, response, upstream_started, exchange).await?;
+        chat::read(leg, upstream, response, upstream_started, exchange).await?;
     if status.is_success() {
         exchange.usage = wire::usage_of(&bytes);
         return Ok(json(StatusCode::OK, bytes));
     }
     Err(chat::upstream_status_error(
-        route,
+        leg.route,
         upstream.kind,
         status,
         &headers,
@@ -198,6 +180,7 @@ pub(crate) async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     // Same shape as `chat_completions`; axum needs one handler per route.
@@ -206,7 +189,7 @@ pub(crate) async fn embeddings(
         ..Exchange::default()
     };
     let result = match body {
-        Ok(body) => embed(&gateway, &context, &mut exchange, body).await,
+        Ok(body) => embed(&gateway, &context, &mut exchange, &headers, body).await,
         Err(rejection) => Err(body_error(rejection, gateway.max_body_bytes)),
     };
     finish(result, exchange, ClientFormat::OpenAi)
@@ -216,10 +199,33 @@ async fn embed(
     gateway: &Arc<Gateway>,
     context: &RequestContext,
     exchange: &mut Exchange,
+    headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request = EmbeddingRequest::parse(&body)?;
-    let route = route_for(gateway, &request.model, exchange)?;
+    let inbound = Inbound::Embeddings {
+        body: &body,
+        request: &request,
+    };
+    dispatch::serve(
+        gateway,
+        context,
+        exchange,
+        headers,
+        &request.model,
+        &inbound,
+    )
+    .await
+}
+
+/// One embeddings call on one deployment.
+pub(crate) async fn embed_with(
+    leg: &Leg<'_>,
+    body: &Bytes,
+    request: &EmbeddingRequest<'_>,
+    exchange: &mut Exchange,
+) -> Result<Response, ApiError> {
+    let route = leg.route;
     let upstream_started = Instant::now();
     let upstream = match &route.provider.adapter {
         Adapter::Sim(sim) => {
@@ -234,7 +240,7 @@ async fn embed(
                 .with_param("model"));
             }
             let mut params =
-                mock_provider::openai::parse_embeddings(&body).map_err(chat::sim_error)?;
+                mock_provider::openai::parse_embeddings(body).map_err(chat::sim_error)?;
             params.model = route.upstream_model.to_string();
             if !sim.latency.is_zero() {
                 tokio::time::sleep(sim.latency).await;
@@ -248,33 +254,47 @@ async fn embed(
         Adapter::Upstream(upstream) => upstream,
     };
     let model = &route.upstream_model;
+    let ttfb = leg.limits.ttfb_left(upstream_started);
     match upstream.kind {
         ProviderKind::OpenAi | ProviderKind::Azure => {
             let response = upstream
                 .post(
                     Call::Embed { model, batch: true },
                     request.upstream_body(model),
-                    &context.id,
+                    &leg.context.id,
                     &[],
+                    ttfb,
                 )
                 .await
-                .map_err(|failure| chat::upstream_failure(&route, failure, exchange))?;
-            complete(upstream, &route, response, upstream_started, exchange).await
+                .map_err(|failure| chat::upstream_failure(route, failure, exchange))?;
+            complete(leg, upstream, response, upstream_started, exchange).await
         }
         ProviderKind::Gemini | ProviderKind::Cohere => {
             let texts = request.texts()?;
             let (call_body, batch) = match upstream.kind {
-                ProviderKind::Gemini => gemini::encode_embeddings(model, &texts, request.dimensions()),
-                _ => (cohere::encode_embeddings(model, &texts, request.dimensions()), true),
+                ProviderKind::Gemini => {
+                    gemini::encode_embeddings(model, &texts, request.dimensions())
+                }
+                _ => (
+                    cohere::encode_embeddings(model, &texts, request.dimensions()),
+                    true,
+                ),
             };
             let response = upstream
-                .post(Call::Embed { model, batch }, call_body, &context.id, &[])
+                .post(Call::Embed { model, batch }, call_body, &leg.context.id, &[], ttfb)
                 .await
-                .map_err(|failure| chat::upstream_failure(&route, failure, exchange))?;
+                .map_err(|failure| chat::upstream_failure(route, failure, exchange))?;
             let (status, headers, bytes) =
-                chat::read(upstream, &route, response, upstream_started, exchange).await?;
+                chat::read(leg, upstream, response, upstream_started, exchange).await?;
             if !status.is_success() {
-                return Err(chat::upstream_status_error(&route, upstream.kind, status, &headers, &bytes, exchange));
+                return Err(chat::upstream_status_error(
+                    route,
+                    upstream.kind,
+                    status,
+                    &headers,
+                    &bytes,
+                    exchange,
+                ));
             }
             let (vectors, billed) = match upstream.kind {
                 ProviderKind::Gemini => (gemini::decode_embeddings(&bytes)?, None),
@@ -284,7 +304,11 @@ async fn embed(
                 return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "upstream_bad_response",
-                    format!("The provider returned {} embeddings for {} inputs.", vectors.len(), texts.len()),
+                    format!(
+                        "The provider returned {} embeddings for {} inputs.",
+                        vectors.len(),
+                        texts.len()
+                    ),
                 ));
             }
             let usage = match billed {
@@ -334,7 +358,7 @@ pub(crate) async fn list_models(
         data: Vec<ModelObject<'a>>,
     }
     let data = gateway
-        .providers
+        .routing
         .listed
         .iter()
         .map(|listed| ModelObject {
@@ -368,12 +392,16 @@ pub(crate) async fn get_model(
         key_id: principal.key_id(),
         ..Exchange::default()
     };
-    let result = match gateway.providers.resolve(&id) {
-        Some(route) => Ok(axum::Json(ModelObject {
+    let result = match gateway.routing.plan(&id) {
+        Some(plan) => Ok(axum::Json(ModelObject {
             id: &id,
             object: "model",
             created: MODEL_CREATED,
-            owned_by: &route.provider.name,
+            owned_by: plan
+                .deployments
+                .first()
+                .map(|d| &*d.provider)
+                .unwrap_or_default(),
         })
         .into_response()),
         None => Err(ApiError::model_not_found(&id)),

@@ -31,6 +31,13 @@ pub struct RequestLogRow {
     pub usage_estimated: bool,
     /// USD at catalog prices; absent when the model's prices are unknown.
     pub cost_usd: Option<f64>,
+    /// `provider/model` that served (or last failed).
+    pub deployment: Option<String>,
+    /// Upstream calls made; retries among them.
+    pub attempts: i64,
+    pub retries: i64,
+    /// Models tried in order when fallbacks were used (`smart>cheap`).
+    pub fallback_path: Option<String>,
     pub error: Option<String>,
 }
 
@@ -56,11 +63,11 @@ macro_rules! columns {
     () => {
         "seq, request_id, created_at_ms, key_id, endpoint, model, provider, upstream_model, \
          stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cached_tokens, \
-         usage_estimated, cost_usd, error"
+         usage_estimated, cost_usd, deployment, attempts, retries, fallback_path, error"
     };
 }
 
-/// Rows per insert statement, largest first (17 binds a row; SQLite allows 32,766).
+/// Rows per insert statement, largest first (21 binds a row; SQLite allows 32,766).
 const BATCH_SIZES: [usize; 4] = [256, 32, 4, 1];
 
 impl Store {
@@ -87,7 +94,8 @@ impl Store {
             let mut builder = QueryBuilder::new(
                 "INSERT INTO request_logs (request_id, created_at_ms, key_id, endpoint, model, provider, \
                  upstream_model, stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, \
-                 cached_tokens, usage_estimated, cost_usd, error) ",
+                 cached_tokens, usage_estimated, cost_usd, deployment, attempts, retries, \
+                 fallback_path, error) ",
             );
             builder.push_values(chunk, |mut values, row| {
                 values
@@ -107,6 +115,10 @@ impl Store {
                     .push_bind(row.cached_tokens)
                     .push_bind(row.usage_estimated)
                     .push_bind(row.cost_usd)
+                    .push_bind(&row.deployment)
+                    .push_bind(row.attempts)
+                    .push_bind(row.retries)
+                    .push_bind(&row.fallback_path)
                     .push_bind(&row.error);
             });
             builder.build().execute(&mut *transaction).await?;

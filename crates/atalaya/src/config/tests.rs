@@ -209,6 +209,10 @@ fn the_example_file_loads_and_documents_every_key() {
         "[[models]]\nname = \"x\"\nprovider = \"p\"\nmodel = \"m\"\n__probe = 1",
         "[[providers]]\nname = \"x\"\ntype = \"openai\"\n[providers.quirks]\n__probe = 1",
         "[catalog]\n__probe = 1",
+        "[routing]\n__probe = 1",
+        "[routing.breaker]\n__probe = 1",
+        "[[routing.rules]]\nroute_to = \"m\"\n__probe = 1",
+        "[[models]]\nname = \"x\"\n[[models.deployments]]\nprovider = \"p\"\nmodel = \"m\"\n__probe = 1",
         "[[catalog.models]]\nprovider = \"p\"\nmodel = \"m\"\n__probe = 1",
     ];
     for probe in probes {
