@@ -180,6 +180,17 @@ fn retry_after_of(error: &ApiError) -> Option<Duration> {
     Some(Duration::from_secs_f64(seconds.max(0.0)))
 }
 
+/// `x-atalaya-max-attempts` lowers (never raises) the configured number of attempts, for
+/// clients that retry on their own.
+fn max_attempts(headers: &HeaderMap, configured: u32) -> u32 {
+    headers
+        .get("x-atalaya-max-attempts")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(configured, |asked| asked.min(configured))
+        .max(1)
+}
+
 /// `x-atalaya-timeout-ms` (total) and `x-atalaya-ttfb-timeout-ms` override a model's limits.
 fn header_timeouts(headers: &HeaderMap, mut timeouts: Timeouts) -> Timeouts {
     let millis = |name: &str| {
@@ -223,27 +234,46 @@ pub(crate) async fn serve(
         .to_owned();
     let facts = inbound.facts();
     let started = Instant::now();
+    let max_attempts = max_attempts(headers, settings.max_attempts);
     routing.budget.record_request();
 
-    let mut queue: VecDeque<String> = VecDeque::from([target]);
+    let mut queue: VecDeque<String> = VecDeque::from([target.clone()]);
+    // Models tried in this round, and every model tried so far (the fallback path).
     let mut seen: Vec<String> = Vec::new();
+    let mut path: Vec<String> = Vec::new();
+    let mut round_started_at = 0u32;
     let mut failures: Vec<String> = Vec::new();
     let mut last_error: Option<ApiError> = None;
     let mut soonest_reopen: Option<Duration> = None;
     let mut attempts = 0u32;
     let mut retries = 0u32;
     let mut deadline: Option<Instant> = None;
-    'models: while let Some(name) = queue.pop_front() {
+    'models: loop {
+        let Some(name) = queue.pop_front() else {
+            // The chain is spent. Another round (the same deployments again, after a backoff)
+            // only when this one tried something and every failure may pass with time.
+            let tried = attempts > round_started_at;
+            if !tried || attempts >= max_attempts || !last_error.as_ref().is_some_and(retryable) {
+                break;
+            }
+            round_started_at = attempts;
+            seen.clear();
+            queue.push_back(target.clone());
+            continue;
+        };
         if seen.contains(&name) {
             continue;
         }
         let Some(plan) = routing.plan(&name) else {
-            if seen.is_empty() {
+            if path.is_empty() {
                 return Err(ApiError::model_not_found(requested));
             }
             continue;
         };
         seen.push(name.clone());
+        if !path.contains(&name) {
+            path.push(name.clone());
+        }
         let timeouts = header_timeouts(headers, plan.timeouts);
         if deadline.is_none() {
             deadline = timeouts.total.map(|total| started + total);
@@ -284,7 +314,7 @@ pub(crate) async fn serve(
         };
         queue.extend(plan.fallbacks.iter().cloned());
         for deployment in order {
-            if attempts >= settings.max_attempts.max(1) {
+            if attempts >= max_attempts {
                 break 'models;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -303,7 +333,7 @@ pub(crate) async fn serve(
             if attempts > 0 {
                 if !routing.budget.try_retry() {
                     metrics::counter!(names::RETRY_BUDGET_EXHAUSTED).increment(1);
-                    failures.push("retry budget spent".to_owned());
+                    failures.push(BUDGET_SPENT.to_owned());
                     break 'models;
                 }
                 let delay = settings.backoff.delay_honouring(
@@ -339,7 +369,7 @@ pub(crate) async fn serve(
             exchange.deployment = Some(deployment.id.clone());
             exchange.attempts = attempts;
             exchange.retries = retries;
-            exchange.fallback_path = (seen.len() > 1).then(|| seen.join(">"));
+            exchange.fallback_path = (path.len() > 1).then(|| path.join(">"));
             exchange.upstream_error_class = None;
             exchange.error = None;
             let limits = Limits {
@@ -363,8 +393,8 @@ pub(crate) async fn serve(
                     if let Some(lease) = lease {
                         lease.succeed(None);
                     }
-                    if seen.len() > 1 {
-                        metrics::counter!(names::FALLBACKS, "model" => plan_label(&seen[0]))
+                    if path.len() > 1 {
+                        metrics::counter!(names::FALLBACKS, "model" => plan_label(&path[0]))
                             .increment(1);
                     }
                     let headers = response.headers_mut();
@@ -396,7 +426,7 @@ pub(crate) async fn serve(
     }
     exchange.attempts = attempts;
     exchange.retries = retries;
-    exchange.fallback_path = (seen.len() > 1).then(|| seen.join(">"));
+    exchange.fallback_path = (path.len() > 1).then(|| path.join(">"));
     Err(exhausted(
         requested,
         attempts,
@@ -423,9 +453,9 @@ fn route_timeout(route: &Route) -> Duration {
     }
 }
 
-/// The answer when no attempt succeeded. One failed attempt speaks for itself (a 429 stays
-/// a 429); after several, or with every breaker open, the client gets a 503 that says what
-/// happened.
+/// The answer when no attempt succeeded. When one deployment was all there was to try, its
+/// own error speaks for itself (a 429 stays a 429); after several, or with a breaker open,
+/// the client gets a 503 that says what happened and when to come back.
 fn exhausted(
     requested: &str,
     attempts: u32,
@@ -433,13 +463,14 @@ fn exhausted(
     soonest_reopen: Option<Duration>,
     failures: &[String],
 ) -> ApiError {
-    match (attempts, last_error) {
-        (0 | 1, Some(error))
-            if !failures.iter().any(|f| f.ends_with("circuit open")) || attempts == 1 =>
-        {
-            error
-        }
-        (_, error) => {
+    let mut deployments = failures.iter().filter_map(|f| f.split_once(": "));
+    let first = deployments.next();
+    let one_deployment = first.is_some_and(|(id, why)| {
+        why != "circuit open" && deployments.all(|(other, _)| other == id)
+    });
+    match last_error {
+        Some(error) if one_deployment && !failures.iter().any(|f| f == BUDGET_SPENT) => error,
+        error => {
             let mut api = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_healthy_deployment",
@@ -452,14 +483,16 @@ fn exhausted(
                     }
                 ),
             );
-            let wait = soonest_reopen.or_else(|| error.as_ref().and_then(retry_after_of));
-            if let Some(wait) = wait {
-                api.retry_after = HeaderValue::from_str(&wait.as_secs().max(1).to_string()).ok();
-            }
+            let wait = soonest_reopen
+                .or_else(|| error.as_ref().and_then(retry_after_of))
+                .unwrap_or(Duration::from_secs(1));
+            api.retry_after = HeaderValue::from_str(&wait.as_secs().max(1).to_string()).ok();
             api
         }
     }
 }
+
+const BUDGET_SPENT: &str = "retry budget spent";
 
 /// One call to one deployment, by whichever path fits the client's and provider's formats.
 async fn attempt(

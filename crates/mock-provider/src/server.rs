@@ -625,12 +625,15 @@ fn stream(
     let gap = shaping.slow_chunk.unwrap_or_else(|| state.gap());
     let events = futures_util::StreamExt::map(paced(chunks, gap), move |chunk| guard.passed(chunk));
     // An error ends the body without its terminating chunk: the connection drops mid-answer.
-    let tail = futures_util::stream::iter(cut.map(|_| {
-        Err(std::io::Error::new(
+    // It waits a moment first, or the server would drop the chunks still in its write buffer
+    // and the cut would look like a stream that never started.
+    let tail = futures_util::StreamExt::filter_map(futures_util::stream::iter(cut), |_| async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        Some(Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,
             "fault profile: connection dropped mid-stream",
-        ))
-    }));
+        )))
+    });
     let body = Body::from_stream(futures_util::StreamExt::chain(events, tail));
     let mut response = Response::new(body);
     let headers = response.headers_mut();

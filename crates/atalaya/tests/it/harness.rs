@@ -119,6 +119,8 @@ pub struct MockOptions {
     pub latency_ms: u64,
     pub tokens_per_second: f64,
     pub api_key: Option<&'static str>,
+    /// A fault profile name or file.
+    pub profile: Option<&'static str>,
 }
 
 impl Default for MockOptions {
@@ -127,6 +129,7 @@ impl Default for MockOptions {
             latency_ms: 0,
             tokens_per_second: 0.0,
             api_key: Some("sk-upstream-secret"),
+            profile: None,
         }
     }
 }
@@ -141,6 +144,9 @@ pub fn mock(options: MockOptions) -> Process {
     ]);
     if let Some(key) = options.api_key {
         command.args(["--api-key", key]);
+    }
+    if let Some(profile) = options.profile {
+        command.args(["--profile", profile]);
     }
     start(command, &[])
 }
@@ -218,14 +224,24 @@ pub fn client() -> reqwest::Client {
 
 /// POSTs JSON with the admin key; returns status, headers and body.
 pub async fn post(url: &str, key: &str, body: &str) -> (u16, reqwest::header::HeaderMap, Value) {
-    let response = client()
+    post_with(url, key, body, &[]).await
+}
+
+pub async fn post_with(
+    url: &str,
+    key: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = client()
         .post(url)
         .bearer_auth(key)
         .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let text = response.text().await.unwrap();
@@ -322,4 +338,72 @@ pub async fn send_chats(server: &Server, count: usize) {
         let (status, _, body) = post(&url, ADMIN_KEY, &chat_body("sim-chat", false)).await;
         assert_eq!(status, 200, "{body}");
     }
+}
+
+/// Requests a simulator has received, from `GET /_mock/stats`.
+pub async fn mock_requests(mock: &Process) -> u64 {
+    let (_, stats) = get(&format!("{}/_mock/stats", mock.url()), "").await;
+    stats["requests"].as_u64().unwrap_or(0)
+}
+
+/// Replaces a simulator's fault profile (`PUT /_mock/profile`).
+pub async fn set_profile(mock: &Process, profile: &str) {
+    let response = client()
+        .put(format!("{}/_mock/profile", mock.url()))
+        .body(profile.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "{}", response.text().await.unwrap());
+}
+
+/// One `[[providers]]` entry per simulator, named `p0`, `p1`, ... (key `sk-upstream-secret`).
+pub fn providers_for(mocks: &[&Process]) -> String {
+    mocks
+        .iter()
+        .enumerate()
+        .map(|(index, mock)| {
+            format!(
+                "[[providers]]\nname = \"p{index}\"\ntype = \"openai-compatible\"\nbase_url = \"{}/v1\"\napi_key = \"sk-upstream-secret\"\nmodels = []\n\n",
+                mock.url()
+            )
+        })
+        .collect()
+}
+
+/// Sends `count` copies of `body` to `path`, `concurrency` at a time; returns the statuses
+/// and how long each took.
+pub async fn send_many(
+    server: &Server,
+    path: &str,
+    body: &str,
+    count: usize,
+    concurrency: usize,
+) -> Vec<(u16, std::time::Duration)> {
+    use futures_util::StreamExt as _;
+    let client = client();
+    let url = format!("{}{path}", server.url());
+    futures_util::stream::iter(0..count)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.clone();
+            let body = body.to_owned();
+            async move {
+                let started = Instant::now();
+                let response = client
+                    .post(&url)
+                    .bearer_auth(ADMIN_KEY)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let _ = response.bytes().await;
+                (status, started.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
 }

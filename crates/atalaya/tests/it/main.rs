@@ -10,5 +10,6 @@ mod keys;
 mod messages;
 mod providers;
 mod request_log;
+mod routing;
 mod sim;
 mod upstream;

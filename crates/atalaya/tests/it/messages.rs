@@ -248,7 +248,12 @@ async fn errors_come_in_anthropics_shape() {
         r#"{"status": 529, "retry_after": 3, "times": 1}"#,
     )
     .await;
-    let (status, headers, answer) = messages(&server, &ask("claude-haiku-4-5-20251001"), &[]).await;
+    let (status, headers, answer) = messages(
+        &server,
+        &ask("claude-haiku-4-5-20251001"),
+        &[("x-atalaya-max-attempts", "1")],
+    )
+    .await;
     assert_eq!(status, 503, "{answer}");
     expect(&answer, "overloaded_error");
     assert_eq!(headers["retry-after"], "3");

@@ -199,7 +199,8 @@ async fn round_trip(adapter: &Adapter) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
 
-    // The provider's 429 reaches the client as OpenAI's 429, Retry-After kept.
+    // The provider's 429 reaches the client as OpenAI's 429, Retry-After kept, when the
+    // client asks the gateway not to retry.
     let (status, _, _) = post(
         &format!("{}/_mock/faults", mock.url()),
         "",
@@ -207,10 +208,11 @@ async fn round_trip(adapter: &Adapter) {
     )
     .await;
     assert_eq!(status, 201);
-    let (status, headers, body) = post(
+    let (status, headers, body) = post_with(
         &url,
         ADMIN_KEY,
         &json!({"model": adapter.model, "messages": question()}).to_string(),
+        &[("x-atalaya-max-attempts", "1")],
     )
     .await;
     assert_eq!(status, 429, "{body}");
