@@ -25,6 +25,70 @@ pub enum Command {
     /// Show which providers the configuration and environment switch on, and why; and how to
     /// switch on the others.
     Providers(ProvidersArgs),
+    /// Run one prompt on several models of a running server and print them side by side
+    /// (latency, time to first token, tokens, cost, and a judge's score if asked).
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  atalaya compare \"Explain DNS in one sentence\" --models gpt-4o-mini,claude-haiku-4-5,sim-chat --judge gpt-4o"
+)]
+pub struct CompareArgs {
+    /// The prompt (a single user message).
+    pub prompt: String,
+    /// Models to compare, comma separated (1 to 10).
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',', required = true)]
+    pub models: Vec<String>,
+    /// A model that scores every answer from 1 to 10.
+    #[arg(long, value_name = "MODEL")]
+    pub judge: Option<String>,
+    /// What the judge should score for (e.g. "accuracy and brevity").
+    #[arg(long, value_name = "TEXT", requires = "judge")]
+    pub criteria: Option<String>,
+    /// A system prompt sent to every model.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u32>,
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f64>,
+    /// Each model's total time limit.
+    #[arg(long, value_name = "MS")]
+    pub timeout_ms: Option<u64>,
+    /// Print every answer in full below the table.
+    #[arg(long)]
+    pub full: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// How a client command reaches the running server.
+#[derive(Args)]
+pub struct Connection {
+    /// URL of the running server.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ATALAYA_URL",
+        default_value = "http://127.0.0.1:4000"
+    )]
+    pub server: String,
+    /// API key [default: $ATALAYA_API_KEY, else the admin key: $ATALAYA_ADMIN_KEY or
+    /// <data-dir>/admin.key].
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "ATALAYA_API_KEY",
+        hide_env_values = true
+    )]
+    pub key: Option<String>,
+    /// Data directory to read admin.key from.
+    #[arg(long, value_name = "DIR", default_value = "./atalaya-data")]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

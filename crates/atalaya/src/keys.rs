@@ -1,27 +1,12 @@
 //! `atalaya keys`: a client of the running server's `/api/v1/keys`, so the server's key
 //! cache learns of every change at once.
 
-use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
-use serde_json::Value;
 
 use crate::cli::{KeysAction, KeysArgs};
 
 pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
-    let admin_key = match &args.admin_key {
-        Some(key) => key.clone(),
-        None => {
-            let path = args.data_dir.join("admin.key");
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "reading the admin key from {} (set ATALAYA_ADMIN_KEY or --admin-key)",
-                    path.display()
-                )
-            })?;
-            text.trim().to_owned()
-        }
-    };
-    let admin_key = secrecy::SecretString::from(admin_key);
+    let admin_key = crate::client::key(args.admin_key.as_deref(), &args.data_dir)?;
     let base = args.server.trim_end_matches('/');
     let client = reqwest::Client::new();
     let request = match &args.action {
@@ -31,22 +16,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
         KeysAction::List => client.get(format!("{base}/api/v1/keys")),
         KeysAction::Revoke { id } => client.delete(format!("{base}/api/v1/keys/{id}")),
     };
-    let response = request
-        .bearer_auth(admin_key.expose_secret())
-        .send()
-        .await
-        .with_context(|| {
-            format!("connecting to {base} (is `atalaya serve` running? set --server)")
-        })?;
-    let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .context("reading the server's answer")?;
-    if !status.is_success() {
-        let message = body["error"]["message"].as_str().unwrap_or("no message");
-        anyhow::bail!("the server answered {status}: {message}");
-    }
+    let body = crate::client::answer(request.bearer_auth(admin_key.expose_secret()), base).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());

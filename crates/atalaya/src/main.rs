@@ -2,6 +2,8 @@
 //! no business logic lives here.
 
 mod cli;
+mod client;
+mod compare;
 mod config;
 mod keys;
 mod mock;
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
             cli::Command::MockProvider(args) => mock::run(args).await,
             cli::Command::Keys(args) => keys::run(args).await,
             cli::Command::Providers(args) => providers::run(args),
+            cli::Command::Compare(args) => compare::run(args).await,
         }
     });
     match result {

@@ -146,6 +146,21 @@ pub(crate) async fn authenticate(
     keys.authenticate(presented).await
 }
 
+/// Any valid key: for atalaya's own endpoints that spend on models (compare).
+pub(crate) async fn require_key(
+    State(gateway): State<Arc<Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match authenticate(request.headers(), &gateway.keys).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
 /// The admin key only.
 pub(crate) async fn require_admin(
     State(gateway): State<Arc<Gateway>>,

@@ -13,6 +13,7 @@ mod admin;
 mod auth;
 pub mod catalog;
 mod chat;
+mod compare;
 pub mod config;
 mod dispatch;
 mod error;
@@ -361,9 +362,16 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             gateway.clone(),
             auth::require_admin,
         ));
+    let key_api = Router::new()
+        .route("/api/v1/compare", post(compare::compare))
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            auth::require_key,
+        ));
     Router::new()
         .merge(data_plane)
         .merge(admin_api)
+        .merge(key_api)
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(render_metrics))

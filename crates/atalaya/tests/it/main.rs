@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod cli;
+mod compare;
 mod harness;
 mod keys;
 mod messages;
