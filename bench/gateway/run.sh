@@ -18,27 +18,10 @@ duration=${DURATION:-15}
 connections=${CONNECTIONS:-"32 1"}
 threads=${THREADS:-2}
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source "$root/bench/lib.sh"
+bench_require wrk=wrk nginx=nginx-light
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
-target_dir=${CARGO_TARGET_DIR:-$root/target}
-cargo build --release --locked --bin atalaya
-bin=$target_dir/release/atalaya
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 cpu_ticks() { local total=0; for pid in "$@"; do read -r -a f < /proc/"$pid"/stat; total=$((total + f[13] + f[14])); done; echo $total; }
 hz=$(getconf CLK_TCK)
 

@@ -85,11 +85,12 @@ impl Providers {
                 source: "built in".to_owned(),
             }))?;
         }
+        let mut clients = Clients::default();
         for settings in &config.providers {
             let keys = crate::routing::key_ring(routing, settings);
             providers.add(Arc::new(Provider {
                 name: Arc::from(settings.name.as_str()),
-                adapter: Adapter::Upstream(Box::new(Upstream::new(settings, keys)?)),
+                adapter: Adapter::Upstream(Box::new(Upstream::new(settings, keys, &mut clients)?)),
                 preset: settings.preset.clone(),
                 source: settings.source.clone(),
             }))?;
@@ -116,6 +117,65 @@ impl Providers {
     /// Providers in configuration order.
     pub fn all(&self) -> impl Iterator<Item = &Arc<Provider>> {
         self.order.iter()
+    }
+}
+
+/// HTTP clients by their settings: providers that would build the same client share one,
+/// and with it one connection pool — several providers (or keys) on one host, or many
+/// deployments behind one endpoint, reuse each other's keep-alive connections.
+#[derive(Default)]
+struct Clients {
+    built: Vec<(ClientSettings, reqwest::Client)>,
+}
+
+#[derive(PartialEq)]
+struct ClientSettings {
+    headers: HeaderMap,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+}
+
+impl Clients {
+    fn get(&mut self, settings: &ProviderSettings) -> Result<reqwest::Client, ProviderError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if settings.kind == ProviderKind::Anthropic {
+            headers.insert(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(ANTHROPIC_VERSION),
+            );
+        }
+        for (name, value) in &settings.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        let wanted = ClientSettings {
+            headers,
+            connect_timeout: settings.connect_timeout,
+            read_timeout: settings.stream_idle_timeout,
+        };
+        if let Some((_, client)) = self.built.iter().find(|(built, _)| *built == wanted) {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("atalaya/", env!("CARGO_PKG_VERSION")))
+            // Set once on the client rather than cloned into every request.
+            .default_headers(wanted.headers.clone())
+            // Nagle's algorithm meeting delayed ACKs stalls small request writes by ~40 ms.
+            .tcp_nodelay(true)
+            .connect_timeout(wanted.connect_timeout)
+            // Per read: bounds the silence between streamed chunks, not the whole answer.
+            .read_timeout(wanted.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|source| ProviderError::Client {
+                provider: settings.name.clone(),
+                source,
+            })?;
+        self.built.push((wanted, client.clone()));
+        Ok(client)
     }
 }
 
@@ -165,36 +225,12 @@ pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 const AZURE_API_VERSION: &str = "2024-10-21";
 
 impl Upstream {
-    fn new(settings: &ProviderSettings, keys: Arc<KeyRing>) -> Result<Self, ProviderError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if settings.kind == ProviderKind::Anthropic {
-            headers.insert(
-                HeaderName::from_static("anthropic-version"),
-                HeaderValue::from_static(ANTHROPIC_VERSION),
-            );
-        }
-        for (name, value) in &settings.headers {
-            headers.insert(name.clone(), value.clone());
-        }
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("atalaya/", env!("CARGO_PKG_VERSION")))
-            // Set once on the client rather than cloned into every request.
-            .default_headers(headers)
-            // Nagle's algorithm meeting delayed ACKs stalls small request writes by ~40 ms.
-            .tcp_nodelay(true)
-            .connect_timeout(settings.connect_timeout)
-            // Per read: bounds the silence between streamed chunks, not the whole answer.
-            .read_timeout(settings.stream_idle_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|source| ProviderError::Client {
-                provider: settings.name.clone(),
-                source,
-            })?;
+    fn new(
+        settings: &ProviderSettings,
+        keys: Arc<KeyRing>,
+        clients: &mut Clients,
+    ) -> Result<Self, ProviderError> {
+        let client = clients.get(settings)?;
         let base = settings.base_url.trim_end_matches('/').to_owned();
         let parse = |path: &str| {
             url::Url::parse(&format!("{base}{path}")).map_err(|source| ProviderError::BaseUrl {

@@ -7,7 +7,7 @@
 //! them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,12 @@ pub(crate) struct Health {
     latency: Mutex<PeakEwma>,
     /// Share of recent calls that succeeded (1 = all).
     success: Mutex<Ewma>,
+    /// The two averages' current values (`f64` bits), read by every routing decision
+    /// without taking the locks their updates need.
+    latency_now: AtomicU64,
+    success_now: AtomicU64,
+    /// When the adaptive strategy last sent a request here to refresh stale figures.
+    explored: Mutex<Option<Instant>>,
 }
 
 impl Health {
@@ -43,29 +49,75 @@ impl Health {
                 value: 1.0,
                 stamp: None,
             }),
+            latency_now: AtomicU64::new(0f64.to_bits()),
+            success_now: AtomicU64::new(1f64.to_bits()),
+            explored: Mutex::new(None),
         })
+    }
+
+    /// Whether this deployment's figures are stale (nothing observed for `EXPLORE_EVERY`) and
+    /// nobody has been sent to refresh them since; claims the exploration if so.
+    fn claim_exploration(&self, now: Instant) -> bool {
+        let stale = |stamp: Option<Instant>| {
+            stamp.is_none_or(|at| now.saturating_duration_since(at) >= EXPLORE_EVERY)
+        };
+        let observed = self.success.lock().map(|s| s.stamp).unwrap_or(None);
+        if !stale(observed) {
+            return false;
+        }
+        let Ok(mut explored) = self.explored.lock() else {
+            return false;
+        };
+        if !stale(*explored) {
+            return false;
+        }
+        *explored = Some(now);
+        true
     }
 
     /// Peak-EWMA latency times the load: what the `latency` strategy minimises.
     pub fn latency_cost(&self) -> f64 {
-        let latency = self.latency.lock().map(|l| l.value()).unwrap_or(0.0);
-        latency * f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
+        self.latency() * f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
+    }
+
+    /// Peak-EWMA latency in seconds, regardless of load.
+    pub fn latency(&self) -> f64 {
+        f64::from_bits(self.latency_now.load(Ordering::Relaxed))
     }
 
     pub fn success_rate(&self) -> f64 {
-        self.success.lock().map(|s| s.value).unwrap_or(1.0)
+        f64::from_bits(self.success_now.load(Ordering::Relaxed))
     }
 
     pub fn observe(&self, latency: Duration, succeeded: bool) {
         let now = Instant::now();
         if succeeded && let Ok(mut ewma) = self.latency.lock() {
             ewma.observe(latency.as_secs_f64(), now);
+            self.latency_now
+                .store(ewma.value().to_bits(), Ordering::Relaxed);
         }
         if let Ok(mut ewma) = self.success.lock() {
             ewma.observe(if succeeded { 1.0 } else { 0.0 }, now);
+            self.success_now
+                .store(ewma.value.to_bits(), Ordering::Relaxed);
         }
     }
 }
+
+/// How often the adaptive strategy sends one request to a deployment it has stopped using,
+/// so one that recovered is noticed. Bounded in time, not a share of traffic: at high load a
+/// share would pour many requests into a deployment that is still slow.
+const EXPLORE_EVERY: Duration = Duration::from_secs(2);
+
+/// How long an adaptive ranking is reused: fresh enough to follow a deployment that slows
+/// down or starts failing (breakers act on every call regardless).
+const RANK_EVERY: Duration = Duration::from_millis(50);
+
+/// How often the adaptive strategy looks for deployments due for exploration.
+const EXPLORE_SCAN: Duration = Duration::from_millis(100);
+
+/// Adaptive scores this close to the best count as a tie.
+const ADAPTIVE_TIE: f64 = 0.05;
 
 /// Time constant of the averages: a sample's weight halves in about 7 s.
 const DECAY: f64 = 10.0;
@@ -181,6 +233,10 @@ pub(crate) struct Facts {
     pub vision: bool,
 }
 
+/// Most deployments one request is offered: more than any attempt limit needs, and it keeps
+/// a model with hundreds of deployments from cloning them all per request.
+const MAX_ORDER: usize = 16;
+
 /// A public model: its deployments and how to choose among them.
 #[derive(Debug)]
 pub(crate) struct Plan {
@@ -195,6 +251,19 @@ pub(crate) struct Plan {
     cursor: AtomicUsize,
     /// Smooth weighted round robin's running weights.
     current: Mutex<Vec<i64>>,
+    /// When the adaptive strategy next looks for stale deployments.
+    next_exploration_scan: Mutex<Option<Instant>>,
+    /// The adaptive strategy's last ranking.
+    ranked: Mutex<Option<Arc<Ranked>>>,
+}
+
+/// An adaptive ranking, reused for `RANK_EVERY`.
+#[derive(Debug)]
+struct Ranked {
+    at: Instant,
+    candidates: Vec<usize>,
+    order: Vec<usize>,
+    tied: usize,
 }
 
 /// Why no deployment of a plan was tried.
@@ -227,12 +296,14 @@ impl Plan {
             timeouts,
             cursor: AtomicUsize::new(0),
             current: Mutex::new(vec![0; count]),
+            next_exploration_scan: Mutex::new(None),
+            ranked: Mutex::new(None),
         }
     }
 
     /// The deployments to try for this request, best first; open breakers last. Err when
     /// none fits the request.
-    pub fn order(&self, facts: &Facts) -> Result<Vec<Arc<Deployment>>, Unfit> {
+    pub fn order(&self, facts: &Facts) -> Result<Vec<&Arc<Deployment>>, Unfit> {
         let mut fitting = Vec::with_capacity(self.deployments.len());
         let mut too_long = false;
         for (index, deployment) in self.deployments.iter().enumerate() {
@@ -249,13 +320,22 @@ impl Plan {
                 Unfit::Lacks
             });
         }
-        let mut order = self.rank(&fitting, facts);
-        // Open breakers reject at once; asking them last keeps attempts for live ones.
-        order.sort_by_key(|index| !self.deployments[*index].health.breaker.is_permitted());
-        Ok(order
+        // Open breakers reject at once: the strategy ranks the live deployments (so an open
+        // one's share goes to all the others, not to its neighbour) and open ones come last.
+        let (live, open): (Vec<usize>, Vec<usize>) = fitting
             .into_iter()
-            .map(|i| self.deployments[i].clone())
-            .collect())
+            .partition(|index| self.deployments[*index].health.breaker.is_permitted());
+        let mut order = if live.is_empty() {
+            open
+        } else {
+            let mut order = self.rank(&live, facts);
+            order.extend(open);
+            order
+        };
+        order.truncate(MAX_ORDER);
+        // Borrowed, not cloned: every worker routes to the same deployments, and bumping
+        // their reference counts per request made the cores fight over those cache lines.
+        Ok(order.into_iter().map(|i| &self.deployments[i]).collect())
     }
 
     /// `candidates` (indexes) in the strategy's order.
@@ -286,43 +366,112 @@ impl Plan {
                 order.sort_by_key(|i| health(*i).in_flight.load(Ordering::Relaxed));
             }
             Strategy::Latency => {
-                order.sort_by(|a, b| {
-                    health(*a)
-                        .latency_cost()
-                        .total_cmp(&health(*b).latency_cost())
-                });
-                // Power of two choices: the better of two random ones goes first, so the
-                // fastest is not flooded when several are close.
+                // Power of two choices: the better of two random ones goes first, the other
+                // second, the rest in turn. Reading two deployments' figures, not all of them,
+                // keeps the choice as cheap with fifty deployments as with two.
                 let a = random_below(order.len());
                 let b = (a + 1 + random_below(order.len() - 1)) % order.len();
-                let pick = if health(order[a]).latency_cost() <= health(order[b]).latency_cost() {
-                    a
-                } else {
-                    b
-                };
-                let chosen = order.remove(pick);
-                order.insert(0, chosen);
+                let (first, second) =
+                    if health(order[a]).latency_cost() <= health(order[b]).latency_cost() {
+                        (order[a], order[b])
+                    } else {
+                        (order[b], order[a])
+                    };
+                let start = self.cursor.fetch_add(1, Ordering::Relaxed) % order.len();
+                order.rotate_left(start);
+                order.retain(|i| *i != first && *i != second);
+                order.splice(0..0, [first, second]);
             }
             Strategy::Cost => {
-                order.sort_by(|a, b| {
-                    self.deployments[*a]
-                        .estimated_cost(facts)
-                        .total_cmp(&self.deployments[*b].estimated_cost(facts))
-                });
+                sort_by_score(&mut order, |i| self.deployments[i].estimated_cost(facts));
             }
             Strategy::Adaptive => {
-                let score = |i: usize| self.adaptive_score(i, candidates, facts);
-                order.sort_by(|a, b| score(*b).total_cmp(&score(*a)));
-                // Keep exploring: one request in ten goes to a random deployment, so one
-                // that recovered wins its traffic back.
-                if random_below(10) == 0 {
-                    let pick = random_below(order.len());
-                    let chosen = order.remove(pick);
+                let ranked = self.adaptive_ranking(&order, facts);
+                order.clone_from(&ranked.order);
+                if ranked.tied > 1 {
+                    let start = self.cursor.fetch_add(1, Ordering::Relaxed) % ranked.tied;
+                    order[..ranked.tied].rotate_left(start);
+                }
+                // Keep exploring: a deployment nobody has called for a while gets this
+                // request, so one that recovered wins its traffic back.
+                let now = Instant::now();
+                if self.exploration_scan_due(now)
+                    && let Some(at) = order
+                        .iter()
+                        .skip(1)
+                        .position(|i| health(*i).claim_exploration(now))
+                {
+                    let chosen = order.remove(at + 1);
                     order.insert(0, chosen);
                 }
             }
         }
         order
+    }
+
+    /// The adaptive order of `candidates`, best first, and how many share the top score.
+    /// Scoring reads every candidate's figures, so it is done at most every `RANK_EVERY`
+    /// for the same candidates and reused in between.
+    fn adaptive_ranking(&self, candidates: &[usize], facts: &Facts) -> Arc<Ranked> {
+        let now = Instant::now();
+        if let Ok(cached) = self.ranked.lock()
+            && let Some(ranked) = cached.as_ref()
+            && now.saturating_duration_since(ranked.at) < RANK_EVERY
+            && ranked.candidates == candidates
+        {
+            return ranked.clone();
+        }
+        let health = |i: usize| &self.deployments[i].health;
+        // Latency without the load factor: the deployment that gets the traffic has the
+        // most in flight, and scoring that would hand the traffic to a slower one in turn.
+        let latencies: Vec<f64> = candidates.iter().map(|i| health(*i).latency()).collect();
+        let costs: Vec<f64> = candidates
+            .iter()
+            .map(|i| self.deployments[*i].estimated_cost(facts))
+            .collect();
+        let max_latency = latencies.iter().copied().fold(f64::EPSILON, f64::max);
+        let max_cost = costs.iter().copied().fold(f64::EPSILON, f64::max);
+        let mut scored: Vec<(f64, usize)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(at, i)| {
+                let score = health(*i).success_rate()
+                    - 0.3 * latencies[at] / max_latency
+                    - 0.2 * costs[at] / max_cost;
+                (-score, *i)
+            })
+            .collect();
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Deployments within a whisker of the best are as good as it: they share the traffic
+        // in turn instead of the first one taking it all.
+        let best = scored[0].0;
+        let tied = scored
+            .iter()
+            .take_while(|(score, _)| *score - best <= ADAPTIVE_TIE)
+            .count();
+        let ranked = Arc::new(Ranked {
+            at: now,
+            candidates: candidates.to_vec(),
+            order: scored.into_iter().map(|(_, i)| i).collect(),
+            tied,
+        });
+        if let Ok(mut cached) = self.ranked.lock() {
+            *cached = Some(ranked.clone());
+        }
+        ranked
+    }
+
+    /// Whether to look for stale deployments now: at most every `EXPLORE_SCAN`, so a model
+    /// with many deployments does not read them all on every request.
+    fn exploration_scan_due(&self, now: Instant) -> bool {
+        let Ok(mut next) = self.next_exploration_scan.try_lock() else {
+            return false;
+        };
+        if next.is_some_and(|next| now < next) {
+            return false;
+        }
+        *next = Some(now + EXPLORE_SCAN);
+        true
     }
 
     /// Nginx's smooth weighted round robin: exact shares, evenly interleaved.
@@ -344,22 +493,17 @@ impl Plan {
         current[best] -= total;
         best
     }
+}
 
-    /// Success rate first, then speed and price relative to the other candidates.
-    fn adaptive_score(&self, index: usize, candidates: &[usize], facts: &Facts) -> f64 {
-        let deployment = &self.deployments[index];
-        let latency = deployment.health.latency_cost();
-        let cost = deployment.estimated_cost(facts);
-        let max_latency = candidates
-            .iter()
-            .map(|i| self.deployments[*i].health.latency_cost())
-            .fold(f64::EPSILON, f64::max);
-        let max_cost = candidates
-            .iter()
-            .map(|i| self.deployments[*i].estimated_cost(facts))
-            .fold(f64::EPSILON, f64::max);
-        deployment.health.success_rate() - 0.3 * latency / max_latency - 0.2 * cost / max_cost
+/// Sorts `order` by ascending `score` (each computed once); returns the scores in the new
+/// order.
+fn sort_by_score(order: &mut [usize], score: impl Fn(usize) -> f64) -> Vec<f64> {
+    let mut scored: Vec<(f64, usize)> = order.iter().map(|i| (score(*i), *i)).collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (slot, (_, index)) in order.iter_mut().zip(&scored) {
+        *slot = *index;
     }
+    scored.into_iter().map(|(score, _)| score).collect()
 }
 
 /// A random integer in `0..bound` (0 for an empty range).

@@ -1,49 +1,19 @@
 // The official OpenAI Node SDK, unmodified, against atalaya's built-in simulator.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import OpenAI from "openai";
+import { ADMIN_KEY, serve } from "./helpers.mjs";
 
-const ADMIN_KEY = "node-sdk-admin-key-0123456789";
-const BINARY = process.env.ATALAYA_BIN ?? new URL("../../../target/debug/atalaya", import.meta.url).pathname;
 let server;
 let baseURL;
-let dir;
 
 before(async () => {
-  dir = mkdtempSync(join(tmpdir(), "atalaya-node-"));
-  writeFileSync(join(dir, "atalaya.toml"), "[sim]\ntokens_per_second = 100\n");
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ATALAYA_") && !k.startsWith("OPENAI_")));
-  env.ATALAYA_ADMIN_KEY = ADMIN_KEY;
-  server = spawn(BINARY, ["serve", "--listen", "127.0.0.1:0", "--config", join(dir, "atalaya.toml"), "--data-dir", join(dir, "data")], {
-    cwd: dir,
-    env,
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  baseURL = await new Promise((resolve, reject) => {
-    let output = "";
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${output}`)), 60000);
-    server.stderr.on("data", (data) => {
-      output += data;
-      const match = output.match(/Listening on (http:\/\/[0-9.:]+?)\.(\s|$)/);
-      if (match) {
-        clearTimeout(timer);
-        resolve(`${match[1]}/v1`);
-      }
-    });
-  });
+  server = await serve("[sim]\ntokens_per_second = 100\n");
+  baseURL = `${server.url}/v1`;
 });
 
 after(async () => {
-  if (server && server.exitCode === null) {
-    const exited = new Promise((resolve) => server.once("exit", resolve));
-    server.kill("SIGTERM");
-    await exited;
-  }
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  if (server) await server.stop();
 });
 
 test("non-streaming chat completion", async () => {

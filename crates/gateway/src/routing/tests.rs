@@ -23,6 +23,17 @@ fn plan(strategy: Strategy, deployments: Vec<Arc<Deployment>>) -> Plan {
     )
 }
 
+fn round_robin_over_abc() -> Plan {
+    plan(
+        Strategy::RoundRobin,
+        vec![
+            deployment("a", 1, None),
+            deployment("b", 1, None),
+            deployment("c", 1, None),
+        ],
+    )
+}
+
 fn first(plan: &Plan, facts: &Facts) -> String {
     plan.order(facts).unwrap()[0].id.to_string()
 }
@@ -57,14 +68,7 @@ fn weighted_shares_are_exact_and_interleaved() {
 
 #[test]
 fn round_robin_is_exact() {
-    let plan = plan(
-        Strategy::RoundRobin,
-        vec![
-            deployment("a", 1, None),
-            deployment("b", 1, None),
-            deployment("c", 1, None),
-        ],
-    );
+    let plan = round_robin_over_abc();
     let picks: Vec<String> = (0..9).map(|_| first(&plan, &Facts::default())).collect();
     assert_eq!(picks, ["a", "b", "c", "a", "b", "c", "a", "b", "c"]);
 }
@@ -188,12 +192,41 @@ async fn adaptive_favours_success_but_keeps_exploring() {
             .observe(Duration::from_millis(50), false);
         tokio::time::advance(Duration::from_secs(1)).await;
     }
+    // Figures one second old: nothing to explore yet.
     let good = (0..1000)
         .filter(|_| first(&plan, &Facts::default()) == "good")
         .count();
+    assert_eq!(good, 1000);
+    // Stale figures: exactly one request goes to refresh them, however many arrive.
+    tokio::time::advance(EXPLORE_EVERY).await;
+    let bad = (0..1000)
+        .filter(|_| first(&plan, &Facts::default()) == "bad")
+        .count();
+    assert_eq!(bad, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_gives_a_recovered_deployment_its_traffic_back() {
+    let plan = plan(
+        Strategy::Adaptive,
+        vec![deployment("a", 1, None), deployment("b", 1, None)],
+    );
+    // b fails for a minute, then recovers; both answer in 50 ms when they answer.
+    let mut b_share_last_10s = 0;
+    for second in 0..180 {
+        for _ in 0..50 {
+            let chosen = plan.order(&Facts::default()).unwrap()[0].clone();
+            let ok = chosen.id.as_ref() == "a" || second >= 60;
+            chosen.health.observe(Duration::from_millis(50), ok);
+            if second >= 170 && chosen.id.as_ref() == "b" {
+                b_share_last_10s += 1;
+            }
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
     assert!(
-        (900..1000).contains(&good),
-        "mostly the good one, some exploration: {good}"
+        b_share_last_10s >= 100,
+        "b got {b_share_last_10s} of the last 500 requests"
     );
 }
 
@@ -216,4 +249,32 @@ fn key_rings_rotate_and_skip_refused_keys() {
     ring.disable(2);
     assert!(ring.pick().is_none());
     assert_eq!((ring.enabled(), ring.total()), (0, 3));
+}
+
+#[test]
+fn an_open_breakers_share_goes_to_all_the_others() {
+    let plan = round_robin_over_abc();
+    // Trip b's breaker (default: 10 calls, half of them failed).
+    for _ in 0..10 {
+        plan.deployments[1]
+            .health
+            .breaker
+            .acquire()
+            .unwrap()
+            .failure();
+    }
+    assert!(!plan.deployments[1].health.breaker.is_permitted());
+    let orders: Vec<Vec<String>> = (0..100)
+        .map(|_| {
+            plan.order(&Facts::default())
+                .unwrap()
+                .iter()
+                .map(|d| d.id.to_string())
+                .collect()
+        })
+        .collect();
+    let firsts = |name: &str| orders.iter().filter(|o| o[0] == name).count();
+    assert_eq!((firsts("a"), firsts("b"), firsts("c")), (50, 0, 50));
+    // Still offered, last, in case the others fail too.
+    assert!(orders.iter().all(|o| o.len() == 3 && o[2] == "b"));
 }

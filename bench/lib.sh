@@ -1,0 +1,28 @@
+# Shared by the bench/*/run.sh scripts: sourced after `cd` to the repository root.
+# Installs missing Debian packages, builds the release binary, and provides a work dir whose
+# processes are killed on exit, plus port helpers. Traffic stays on 127.0.0.1.
+
+# bench_require COMMAND=PACKAGE ...: installs PACKAGE when COMMAND is missing.
+bench_require() {
+  local need=() pair
+  for pair in "$@"; do
+    command -v "${pair%%=*}" >/dev/null || [ -x "/usr/sbin/${pair%%=*}" ] || need+=("${pair#*=}")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+cargo build --release --locked --bin atalaya
+bin=$target_dir/release/atalaya
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
