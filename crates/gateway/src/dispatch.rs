@@ -223,15 +223,20 @@ pub(crate) async fn serve(
     let settings = &routing.settings;
     exchange.model = Some(requested.to_owned());
     exchange.stream = inbound.is_stream();
-    let target = routing
-        .rewrite(
-            requested,
-            exchange.key_id.as_deref(),
-            headers,
-            &inbound.metadata(),
-        )
-        .unwrap_or(requested)
-        .to_owned();
+    // Reading `metadata` scans the whole body: only when a rule asks for it.
+    let metadata = if settings.rules.iter().any(|rule| !rule.metadata.is_empty()) {
+        inbound.metadata()
+    } else {
+        Vec::new()
+    };
+    let target = if settings.rules.is_empty() {
+        requested.to_owned()
+    } else {
+        routing
+            .rewrite(requested, exchange.key_id.as_deref(), headers, &metadata)
+            .unwrap_or(requested)
+            .to_owned()
+    };
     let facts = inbound.facts();
     let started = Instant::now();
     let max_attempts = max_attempts(headers, settings.max_attempts);

@@ -204,7 +204,10 @@ pub fn decode_request(body: &[u8], target: &Target) -> Result<ChatRequest, Trans
                     ));
                 }
             }
-            _ => request.extra.push((name, raw.get().to_owned())),
+            _ => {
+                request.extra_format = FORMAT;
+                request.extra.push((name, raw.get().to_owned()));
+            }
         }
     }
     if request.model.is_empty() {

@@ -226,6 +226,8 @@ pub struct ChatRequest {
     /// Fields of the source format with no canonical meaning, kept as raw JSON text. An encoder of the same
     /// family writes them back; others report them as unsupported.
     pub extra: Vec<(String, String)>,
+    /// The format `extra` came from (its decoder's name); empty for a request built in code.
+    pub extra_format: &'static str,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

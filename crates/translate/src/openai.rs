@@ -184,7 +184,10 @@ pub fn decode_request(body: &[u8], target: &Target) -> Result<ChatRequest, Trans
                 let options: StreamOptions = field(raw, "stream_options", "an object")?;
                 request.stream_usage = options.include_usage;
             }
-            _ => request.extra.push((name, raw.get().to_owned())),
+            _ => {
+                request.extra_format = FORMAT;
+                request.extra.push((name, raw.get().to_owned()));
+            }
         }
     }
     if request.model.is_empty() {
@@ -574,6 +577,12 @@ pub fn encode_request(
         if quirks.stream_options {
             body.insert("stream_options".into(), json!({"include_usage": true}));
         }
+    }
+    // Another format's unknown fields mean nothing here (Anthropic's `presence_penalty`, say,
+    // is not OpenAI's): refused, or dropped when asked.
+    if !request.extra_format.is_empty() && request.extra_format != FORMAT {
+        crate::refuse_extra(request, target, FORMAT)?;
+        return Ok(wire::to_vec(&body));
     }
     for (name, raw) in &request.extra {
         if !body.contains_key(name) {

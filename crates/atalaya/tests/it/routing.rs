@@ -303,7 +303,8 @@ async fn fallbacks_rules_and_context_overflow_choose_other_models() {
     let server = start(
         &mocks,
         models,
-        "[[routing.rules]]\nmodels = [\"smart\"]\nheaders = { \"x-tier\" = \"free\" }\nroute_to = \"long\"\n",
+        "[[routing.rules]]\nmodels = [\"smart\"]\nheaders = { \"x-tier\" = \"free\" }\nroute_to = \"long\"\n\n\
+         [[routing.rules]]\nmetadata = { \"tier\" = \"batch\" }\nroute_to = \"long\"\n",
     );
     let url = format!("{}/v1/chat/completions", server.url());
     let (status, headers, _) = post(&url, ADMIN_KEY, &ask("smart", false)).await;
@@ -336,10 +337,17 @@ async fn fallbacks_rules_and_context_overflow_choose_other_models() {
         "p2/gpt-4.1",
         "the rule for free tier"
     );
+    let batch = json!({"model": "cheap", "metadata": {"tier": "batch"}, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, headers, _) = post(&url, ADMIN_KEY, &batch.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers["x-atalaya-deployment"], "p2/gpt-4.1",
+        "the rule on request metadata"
+    );
 
     let rows = eventually(Duration::from_secs(5), || async {
         let rows = log_rows(&server).await;
-        (rows.len() >= 3).then_some(rows)
+        (rows.len() >= 4).then_some(rows)
     })
     .await;
     let fallback = rows

@@ -311,3 +311,27 @@ fn embeddings_encode_as_floats_or_base64() {
         serde_json::from_slice(&encode_embeddings(&[vec![0.5]], "m", &usage, true)).unwrap();
     assert_eq!(encoded["data"][0]["embedding"], "AAAAPw==");
 }
+
+/// Found by fuzzing: another format's unknown fields were written into OpenAI bodies as they
+/// were, where they may mean something else (or have another type).
+#[test]
+fn another_formats_unknown_fields_are_refused_not_copied() {
+    let anthropic_body = br#"{"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "presence_penalty": {"type": "x"}}"#;
+    let request = crate::anthropic::decode_request(anthropic_body, &target()).unwrap();
+    let error = encode_request(&request, &target(), &Quirks::default()).unwrap_err();
+    assert!(
+        matches!(error, TranslateError::Unsupported { ref feature, .. } if feature == "presence_penalty"),
+        "{error}"
+    );
+    let dropping = Target {
+        drop_unsupported: true,
+        ..target()
+    };
+    let body = encode_request(&request, &dropping, &Quirks::default()).unwrap();
+    assert!(!String::from_utf8(body).unwrap().contains("presence_penalty"));
+    // OpenAI's own unknown fields still go back to OpenAI-style servers.
+    let openai_body = br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "prediction": {"type": "content", "content": "x"}}"#;
+    let request = decode_request(openai_body, &target()).unwrap();
+    let body = encode_request(&request, &target(), &Quirks::default()).unwrap();
+    assert!(String::from_utf8(body).unwrap().contains("\"prediction\""));
+}
