@@ -191,7 +191,8 @@ fn max_attempts(headers: &HeaderMap, configured: u32) -> u32 {
         .max(1)
 }
 
-/// `x-atalaya-timeout-ms` (total) and `x-atalaya-ttfb-timeout-ms` override a model's limits.
+/// `x-atalaya-timeout-ms` (total), `x-atalaya-ttfb-timeout-ms` and
+/// `x-atalaya-idle-timeout-ms` (between stream chunks) override a model's limits.
 fn header_timeouts(headers: &HeaderMap, mut timeouts: Timeouts) -> Timeouts {
     let millis = |name: &str| {
         headers
@@ -206,6 +207,9 @@ fn header_timeouts(headers: &HeaderMap, mut timeouts: Timeouts) -> Timeouts {
     }
     if let Some(ttfb) = millis("x-atalaya-ttfb-timeout-ms") {
         timeouts.ttfb = Some(ttfb);
+    }
+    if let Some(idle) = millis("x-atalaya-idle-timeout-ms") {
+        timeouts.idle = Some(idle);
     }
     timeouts
 }

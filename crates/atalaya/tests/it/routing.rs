@@ -395,3 +395,37 @@ async fn a_refused_key_is_disabled_and_the_next_one_used() {
     );
     assert!(!output.contains("sk-revoked") && !output.contains("sk-upstream-secret"));
 }
+
+#[tokio::test]
+async fn a_stream_idle_longer_than_the_limit_ends_with_an_error_event() {
+    // 200 ms between chunks upstream.
+    let mocks = mocks(&[Some("slow-stream")], &[]);
+    let server = start(
+        &mocks,
+        &model("priority", &[1], "idle_timeout_ms = 100"),
+        "",
+    );
+    let url = format!("{}/v1/chat/completions", server.url());
+    // A short answer: a few chunks, 200 ms apart.
+    let short = json!({"model": "m", "stream": true, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}).to_string();
+    let started = Instant::now();
+    let (status, _, body) = post(&url, ADMIN_KEY, &short).await;
+    assert_eq!(status, 200);
+    let text = body.as_str().unwrap();
+    assert!(text.contains("no data for 100 ms"), "{text}");
+    assert!(!text.contains("[DONE]"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // A client may allow longer gaps for its own request.
+    let (status, _, body) = post_with(
+        &url,
+        ADMIN_KEY,
+        &short,
+        &[("x-atalaya-idle-timeout-ms", "1000")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.as_str().unwrap().ends_with("data: [DONE]\n\n"),
+        "{body}"
+    );
+}

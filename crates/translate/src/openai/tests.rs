@@ -328,7 +328,11 @@ fn another_formats_unknown_fields_are_refused_not_copied() {
         ..target()
     };
     let body = encode_request(&request, &dropping, &Quirks::default()).unwrap();
-    assert!(!String::from_utf8(body).unwrap().contains("presence_penalty"));
+    assert!(
+        !String::from_utf8(body)
+            .unwrap()
+            .contains("presence_penalty")
+    );
     // OpenAI's own unknown fields still go back to OpenAI-style servers.
     let openai_body = br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "prediction": {"type": "content", "content": "x"}}"#;
     let request = decode_request(openai_body, &target()).unwrap();
