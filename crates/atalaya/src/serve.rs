@@ -45,6 +45,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         &settings.data_dir.join("hash.key"),
         "Key-hashing secret",
     )?;
+    // From here on every log line, stored error and error message hides these.
+    register_secrets(&settings.gateway, &[&admin_key, &hash_key])?;
     let hasher = KeyHasher::new(&hash_key);
     let admin_hash = hasher.hash(secrecy::ExposeSecret::expose_secret(&admin_key));
 
@@ -223,4 +225,26 @@ pub async fn shutdown_signal() {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
+}
+
+/// Tells the masking engine every secret this process holds: the admin and hashing keys and
+/// every provider credential.
+fn register_secrets(
+    gateway: &atalaya_gateway::GatewayConfig,
+    own: &[&secrecy::SecretString],
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret as _;
+    let mut secrets: Vec<&str> = own.iter().map(|s| s.expose_secret()).collect();
+    for provider in &gateway.providers {
+        secrets.extend(provider.api_keys.iter().map(|k| k.expose_secret()));
+        if let Some(aws) = &provider.aws {
+            secrets.push(aws.secret_access_key.expose_secret());
+            if let Some(token) = &aws.session_token {
+                secrets.push(token.expose_secret());
+            }
+        }
+    }
+    atalaya_security::mask::global()
+        .set_secrets(secrets)
+        .context("loading secrets into the masking engine")
 }

@@ -21,11 +21,18 @@ pub struct ApiError {
 pub(crate) struct ErrorNote(pub String);
 
 impl ApiError {
+    /// The message is masked: upstream error texts, echoed request fields and the like may
+    /// carry a secret, and it reaches the client, the request log and the logs.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let message = match atalaya_security::mask::mask(&message) {
+            std::borrow::Cow::Borrowed(_) => message,
+            std::borrow::Cow::Owned(masked) => masked,
+        };
         ApiError {
             status,
             code,
-            message: message.into(),
+            message,
             param: None,
             retry_after: None,
         }

@@ -195,7 +195,10 @@ impl Gateway {
             attempts: i64::from(exchange.attempts),
             retries: i64::from(exchange.retries),
             fallback_path: exchange.fallback_path.clone(),
-            error: exchange.error.clone(),
+            error: exchange
+                .error
+                .as_deref()
+                .map(|error| atalaya_security::mask::mask(error).into_owned()),
         });
     }
 }

@@ -464,6 +464,8 @@ impl Relay {
     }
 
     fn error_event(&self, message: &str, out: &mut Vec<u8>) {
+        let message = atalaya_security::mask::mask(message);
+        let message = message.as_ref();
         match self.client() {
             ClientFormat::OpenAi => openai::stream_error("upstream_stream_error", message, out),
             ClientFormat::Anthropic => anthropic::stream_error("api_error", message, out),

@@ -1,8 +1,11 @@
-//! Key material: virtual API key generation, the keyed hash they are stored under, and the
-//! secret files (admin key, hashing key) created on first start.
+//! Key material: virtual API key generation, the keyed hash they are stored under, the
+//! secret files (admin key, hashing key) created on first start, and the masking engine that
+//! keeps secrets out of logs and stored text (`mask`).
 //!
 //! This crate never stores anything and never sees HTTP; the gateway decides who may call
 //! what. Plaintext keys exist only in the value returned to whoever created them.
+
+pub mod mask;
 
 use std::fs::OpenOptions;
 use std::io::{self, Read as _, Write as _};

@@ -153,7 +153,41 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr, so stdout stays free for command output.
+/// Hands the formatter one buffer per log event and writes it to stderr through the
+/// process's masking engine, so no log line carries a secret whatever was logged.
+struct MaskedStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
+    type Writer = MaskedLine;
+
+    fn make_writer(&'a self) -> MaskedLine {
+        MaskedLine(Vec::with_capacity(256))
+    }
+}
+
+struct MaskedLine(Vec<u8>);
+
+impl std::io::Write for MaskedLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for MaskedLine {
+    fn drop(&mut self) {
+        let masker = atalaya_security::mask::global().masker();
+        let line = masker.mask_bytes(&self.0);
+        // A log line that cannot be written has nowhere else to go.
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), &line);
+    }
+}
+
+/// Logs go to stderr, so stdout stays free for command output, masked.
 pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
     use tracing_subscriber::EnvFilter;
     let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
@@ -162,7 +196,7 @@ pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), TelemetryErro
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
+        .with_writer(MaskedStderr);
     let result = match format {
         LogFormat::Pretty => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

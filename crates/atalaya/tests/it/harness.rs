@@ -194,7 +194,9 @@ pub fn serve_in(options: ServeOptions<'_>, data_dir: tempfile::TempDir) -> Serve
     if let Some(key) = options.admin_key {
         env.push(("ATALAYA_ADMIN_KEY", key.to_owned()));
     }
-    env.push(("RUST_LOG", "info".to_owned()));
+    if !env.iter().any(|(name, _)| *name == "RUST_LOG") {
+        env.push(("RUST_LOG", "info".to_owned()));
+    }
     Server {
         process: start(command, &env),
         data_dir,

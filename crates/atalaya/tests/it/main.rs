@@ -8,6 +8,7 @@ mod cli;
 mod compare;
 mod harness;
 mod keys;
+mod masking;
 mod messages;
 mod providers;
 mod request_log;
