@@ -25,6 +25,8 @@ pub enum Command {
     /// Show which providers the configuration and environment switch on, and why; and how to
     /// switch on the others.
     Providers(ProvidersArgs),
+    /// Store, list, delete secrets in the encrypted vault, and rotate its master key.
+    Secrets(SecretsArgs),
     /// Run one prompt on several models of a running server and print them side by side
     /// (latency, time to first token, tokens, cost, and a judge's score if asked).
     Compare(CompareArgs),
@@ -103,7 +105,7 @@ pub struct ProvidersArgs {
 
 #[derive(Args)]
 #[command(
-    after_help = "Environment:\n  ATALAYA_SECTION__KEY    overrides any config key, e.g. ATALAYA_SERVER__LISTEN=0.0.0.0:4000\n  ATALAYA_DATABASE_URL    storage (default sqlite://<data-dir>/atalaya.db)\n  ATALAYA_ADMIN_KEY       admin key (default: generated into <data-dir>/admin.key)\n  ATALAYA_HASH_KEY        secret for hashing API keys (default: generated into <data-dir>/hash.key)\n  OPENAI_API_KEY          turns on the `openai` provider (OPENAI_BASE_URL changes its URL)"
+    after_help = "Environment:\n  ATALAYA_SECTION__KEY    overrides any config key, e.g. ATALAYA_SERVER__LISTEN=0.0.0.0:4000\n  ATALAYA_DATABASE_URL    storage (default sqlite://<data-dir>/atalaya.db)\n  ATALAYA_ADMIN_KEY       admin key (default: generated into <data-dir>/admin.key)\n  ATALAYA_HASH_KEY        secret for hashing API keys (default: generated into <data-dir>/hash.key)\n  ATALAYA_MASTER_KEY      the vault's master key (default: generated into <data-dir>/master.key)\n  OPENAI_API_KEY          turns on the `openai` provider (OPENAI_BASE_URL changes its URL)"
 )]
 pub struct ServeArgs {
     /// Config file [default: ./atalaya.toml if it exists].
@@ -205,4 +207,41 @@ pub enum KeysAction {
         /// The key id (key_...).
         id: String,
     },
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Secrets are sealed with AES-256-GCM under a data key of their own, wrapped by the master key\n(ATALAYA_MASTER_KEY, else <data-dir>/master.key, generated 0600 on first use). Refer to one from\nthe config as a provider credential: api_key = \"vault:NAME\". The server reads the vault at start."
+)]
+pub struct SecretsArgs {
+    #[command(subcommand)]
+    pub action: SecretsAction,
+    /// Config file [default: ./atalaya.toml if it exists] (for the database location).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./atalaya-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum SecretsAction {
+    /// Store (or replace) a secret; the value is read from standard input unless --value.
+    Set {
+        name: String,
+        /// The value (it stays in your shell history: prefer standard input).
+        #[arg(long, hide = true)]
+        value: Option<String>,
+    },
+    /// List secret names and the master key that seals them (never values).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a secret.
+    Delete { name: String },
+    /// Re-wrap every data key under a new master key, in one transaction. With a key file
+    /// the new key is generated; with ATALAYA_MASTER_KEY, pass the new one in
+    /// ATALAYA_NEW_MASTER_KEY. Run it again to finish an interrupted rotation.
+    RotateMasterKey,
 }

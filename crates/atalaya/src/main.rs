@@ -9,6 +9,7 @@ mod keys;
 mod mock;
 mod providers;
 mod serve;
+mod vault;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
             cli::Command::Keys(args) => keys::run(args).await,
             cli::Command::Providers(args) => providers::run(args),
             cli::Command::Compare(args) => compare::run(args).await,
+            cli::Command::Secrets(args) => vault::run(args).await,
         }
     });
     match result {

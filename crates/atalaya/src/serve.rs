@@ -24,7 +24,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
     };
-    let settings = config::load(&flags, &env)?;
+    let mut settings = config::load(&flags, &env)?;
     atalaya_telemetry::init_tracing(settings.log_format, &settings.log_level)?;
     let metrics = atalaya_telemetry::install_metrics()?;
 
@@ -45,8 +45,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         &settings.data_dir.join("hash.key"),
         "Key-hashing secret",
     )?;
+    let master_key = crate::vault::master_key(&env, &settings.data_dir)?;
+    let vault = crate::vault::open_all(&store, &master_key, &settings.data_dir).await?;
+    crate::vault::resolve_references(&mut settings.gateway, &vault)?;
     // From here on every log line, stored error and error message hides these.
-    register_secrets(&settings.gateway, &[&admin_key, &hash_key])?;
+    let mut own: Vec<&SecretString> = vec![&admin_key, &hash_key];
+    own.extend(vault.iter().map(|(_, secret)| secret));
+    register_secrets(&settings.gateway, &own)?;
+    if !vault.is_empty() {
+        tracing::info!(
+            secrets = vault.len(),
+            master_key = master_key.id(),
+            "Vault opened."
+        );
+    }
     let hasher = KeyHasher::new(&hash_key);
     let admin_hash = hasher.hash(secrecy::ExposeSecret::expose_secret(&admin_key));
 
@@ -183,7 +195,12 @@ fn reuseport_listener(address: SocketAddr) -> anyhow::Result<std::net::TcpListen
 
 /// A secret from its environment variable, else from its file (created on first start).
 /// Logs where it came from, never the value.
-fn secret(env: &config::Env, var: &str, file: &Path, what: &str) -> anyhow::Result<SecretString> {
+pub(crate) fn secret(
+    env: &config::Env,
+    var: &str,
+    file: &Path,
+    what: &str,
+) -> anyhow::Result<SecretString> {
     if let Some(value) = env.get(var).filter(|v| !v.trim().is_empty()) {
         tracing::info!(source = var, "{what} read from the environment.");
         return Ok(SecretString::from(value.trim().to_owned()));

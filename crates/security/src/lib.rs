@@ -6,6 +6,7 @@
 //! what. Plaintext keys exist only in the value returned to whoever created them.
 
 pub mod mask;
+pub mod vault;
 
 use std::fs::OpenOptions;
 use std::io::{self, Read as _, Write as _};

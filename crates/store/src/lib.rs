@@ -8,6 +8,7 @@
 mod keys;
 mod log_writer;
 mod request_log;
+mod secrets;
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -20,6 +21,7 @@ use sqlx::sqlite::{
 pub use keys::{KeyId, KeyRecord, NewKey};
 pub use log_writer::{LogWriter, LogWriterConfig, spawn_log_writer};
 pub use request_log::{LogPage, LogQuery, RequestLogRow};
+pub use secrets::{SecretInfo, SecretRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

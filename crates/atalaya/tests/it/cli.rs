@@ -30,7 +30,14 @@ fn run(args: &[&str], config: Option<&str>) -> (bool, String, String) {
 fn help_lists_the_commands_and_serve_flags() {
     let (ok, stdout, _) = run(&["--help"], None);
     assert!(ok);
-    for command in ["serve", "mock-provider", "keys", "providers", "compare"] {
+    for command in [
+        "serve",
+        "mock-provider",
+        "keys",
+        "providers",
+        "compare",
+        "secrets",
+    ] {
         assert!(stdout.contains(command), "{stdout}");
     }
     let (ok, stdout, _) = run(&["serve", "--help"], None);

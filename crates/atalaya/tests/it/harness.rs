@@ -409,3 +409,11 @@ pub async fn send_many(
         .collect()
         .await
 }
+
+/// Whether the file at `path` holds `needle` anywhere (a missing file holds nothing).
+pub fn file_holds(path: &Path, needle: &str) -> bool {
+    std::fs::read(path)
+        .unwrap_or_default()
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}

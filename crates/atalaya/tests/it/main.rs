@@ -15,3 +15,4 @@ mod request_log;
 mod routing;
 mod sim;
 mod upstream;
+mod vault;
