@@ -27,6 +27,8 @@ pub enum Command {
     Providers(ProvidersArgs),
     /// Store, list, delete secrets in the encrypted vault, and rotate its master key.
     Secrets(SecretsArgs),
+    /// Verify the tamper-evident audit log, or export it as JSON lines.
+    Audit(AuditArgs),
     /// Run one prompt on several models of a running server and print them side by side
     /// (latency, time to first token, tokens, cost, and a judge's score if asked).
     Compare(CompareArgs),
@@ -244,4 +246,35 @@ pub enum SecretsAction {
     /// the new key is generated; with ATALAYA_MASTER_KEY, pass the new one in
     /// ATALAYA_NEW_MASTER_KEY. Run it again to finish an interrupted rotation.
     RotateMasterKey,
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Every admin action, key change, secret access, auth failure and role denial is appended to the\naudit log, each entry chained to the previous one by an HMAC keyed with the server's hashing\nsecret (ATALAYA_HASH_KEY or <data-dir>/hash.key). `verify` names the first entry that was edited,\ndeleted, inserted or moved. The API pages it at GET /api/v1/audit."
+)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub action: AuditAction,
+    /// Config file [default: ./atalaya.toml if it exists] (for the database location).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./atalaya-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum AuditAction {
+    /// Check the chain; exits non-zero naming the first broken link.
+    Verify {
+        /// Verify an exported file instead of the database.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Write every entry, with its hashes, as JSON lines.
+    Export {
+        /// Output file [default: standard output].
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }

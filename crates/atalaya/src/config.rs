@@ -286,6 +286,22 @@ pub struct Flags {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The settings for a command that works on the data directory directly (`secrets`,
+/// `audit`): the same files and environment `serve` reads.
+pub fn load_local(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(Env, Settings)> {
+    let env = process_env();
+    let flags = Flags {
+        config,
+        data_dir,
+        ..Flags::default()
+    };
+    let settings = load(&flags, &env)?;
+    Ok((env, settings))
+}
+
 /// The process environment, passed in so tests can use their own.
 pub type Env = BTreeMap<String, String>;
 

@@ -1,6 +1,7 @@
 //! `atalaya`: the command line. Parses arguments and hands over to one command module;
 //! no business logic lives here.
 
+mod audit;
 mod cli;
 mod client;
 mod compare;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
             cli::Command::Providers(args) => providers::run(args),
             cli::Command::Compare(args) => compare::run(args).await,
             cli::Command::Secrets(args) => vault::run(args).await,
+            cli::Command::Audit(args) => audit::run(args).await,
         }
     });
     match result {

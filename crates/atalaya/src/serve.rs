@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use atalaya_gateway::{Gateway, KeyCache, Routing};
+use atalaya_gateway::{Actor, Auditor, Gateway, KeyCache, Routing};
 use atalaya_security::{KeyHasher, is_too_open, load_or_create_secret_file};
 use atalaya_store::{Store, spawn_log_writer};
 use axum::serve::ListenerExt as _;
@@ -52,12 +52,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut own: Vec<&SecretString> = vec![&admin_key, &hash_key];
     own.extend(vault.iter().map(|(_, secret)| secret));
     register_secrets(&settings.gateway, &own)?;
+    let auditor = Arc::new(Auditor::new(
+        store.clone(),
+        atalaya_security::audit::ChainKey::new(&hash_key),
+    ));
     if !vault.is_empty() {
         tracing::info!(
             secrets = vault.len(),
             master_key = master_key.id(),
             "Vault opened."
         );
+        let names: Vec<&str> = vault.iter().map(|(name, _)| name.as_str()).collect();
+        let server = Actor {
+            name: "server".into(),
+            source_ip: String::new(),
+        };
+        auditor
+            .record(
+                &server,
+                "secret.read",
+                "vault",
+                serde_json::json!({"secrets": names, "master_key": master_key.id()}),
+            )
+            .await;
     }
     let hasher = KeyHasher::new(&hash_key);
     let admin_hash = hasher.hash(secrecy::ExposeSecret::expose_secret(&admin_key));
@@ -89,6 +106,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             store.clone(),
             log_writer.clone(),
             keys.clone(),
+            auditor.clone(),
             metrics.clone(),
         )
         .context("configuring providers")?;
@@ -173,7 +191,9 @@ async fn serve_worker(
     let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, atalaya_gateway::router(gateway))
+    // Connection addresses go with each request: the audit log records the source IP.
+    let app = atalaya_gateway::router(gateway).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("serving")

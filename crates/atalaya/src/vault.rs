@@ -12,7 +12,7 @@ use atalaya_store::{SecretRow, Store};
 use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::cli::{SecretsAction, SecretsArgs};
-use crate::config::{self, Env, Flags};
+use crate::config::{self, Env};
 
 /// The prefix that makes a credential a reference to a vault secret.
 pub const REFERENCE: &str = "vault:";
@@ -125,13 +125,7 @@ pub fn resolve_references(
 
 /// `atalaya secrets ...`: works on the database directly, with the master key.
 pub async fn run(args: SecretsArgs) -> anyhow::Result<()> {
-    let env = config::process_env();
-    let flags = Flags {
-        config: args.config.clone(),
-        data_dir: args.data_dir.clone(),
-        ..Flags::default()
-    };
-    let settings = config::load(&flags, &env)?;
+    let (env, settings) = config::load_local(args.config.clone(), args.data_dir.clone())?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let store = Store::connect(&settings.database_url)
@@ -158,6 +152,15 @@ pub async fn run(args: SecretsArgs) -> anyhow::Result<()> {
             store
                 .put_secret(&row(&name, vault::seal(&master, &name, &value)))
                 .await?;
+            let (auditor, actor) = crate::audit::cli_auditor(&env, data_dir, &store)?;
+            auditor
+                .record(
+                    &actor,
+                    "secret.set",
+                    &name,
+                    serde_json::json!({"master_key": master.id()}),
+                )
+                .await;
             eprintln!(
                 "Stored secret `{name}` (sealed under master key {}).",
                 master.id()
@@ -182,6 +185,10 @@ pub async fn run(args: SecretsArgs) -> anyhow::Result<()> {
                 store.delete_secret(&name).await?,
                 "the vault has no secret `{name}`"
             );
+            let (auditor, actor) = crate::audit::cli_auditor(&env, data_dir, &store)?;
+            auditor
+                .record(&actor, "secret.delete", &name, serde_json::json!({}))
+                .await;
             eprintln!("Deleted secret `{name}`.");
         }
         SecretsAction::RotateMasterKey => rotate(&env, &store, data_dir).await?,
@@ -239,6 +246,15 @@ async fn rotate(env: &Env, store: &Store, data_dir: &Path) -> anyhow::Result<()>
         moved.push(row(&stored.name, resealed));
     }
     store.reseal_secrets(&moved).await?;
+    let (auditor, actor) = crate::audit::cli_auditor(env, data_dir, store)?;
+    auditor
+        .record(
+            &actor,
+            "vault.rotate",
+            "master key",
+            serde_json::json!({"from": old.id(), "to": new.id(), "secrets": moved.len()}),
+        )
+        .await;
     if !from_env {
         std::fs::rename(&pending, master_key_file(data_dir))
             .with_context(|| format!("replacing {}", master_key_file(data_dir).display()))?;

@@ -14,6 +14,7 @@ use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 
 use crate::Gateway;
+use crate::audit::Actor;
 use crate::error::ApiError;
 
 fn storage_error(error: atalaya_store::StoreError) -> ApiError {
@@ -40,11 +41,23 @@ struct CreatedKey<'a> {
     key: &'a str,
 }
 
+/// The caller of an admin endpoint, for the audit log.
+fn actor(extensions: &axum::http::Extensions) -> Actor {
+    Actor {
+        name: match extensions.get::<crate::Principal>() {
+            Some(crate::Principal::Key(key)) => key.id.to_string(),
+            _ => "admin".to_owned(),
+        },
+        source_ip: crate::audit::source_ip(extensions),
+    }
+}
+
 pub(crate) async fn create_key(
     State(gateway): State<Arc<Gateway>>,
+    extensions: axum::http::Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match create(&gateway, body).await {
+    match create(&gateway, &actor(&extensions), body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -52,6 +65,7 @@ pub(crate) async fn create_key(
 
 async fn create(
     gateway: &Gateway,
+    actor: &Actor,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body =
@@ -87,6 +101,15 @@ async fn create(
         .await
         .map_err(storage_error)?;
     tracing::info!(key_id = %record.id, "API key created.");
+    gateway
+        .auditor
+        .record(
+            actor,
+            "key.create",
+            &record.id.0,
+            serde_json::json!({"name": record.name, "prefix": record.key_prefix}),
+        )
+        .await;
     let created = CreatedKey {
         record: &record,
         key: key.expose_secret(),
@@ -108,12 +131,22 @@ pub(crate) async fn list_keys(State(gateway): State<Arc<Gateway>>) -> Response {
 
 pub(crate) async fn revoke_key(
     State(gateway): State<Arc<Gateway>>,
+    extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Response {
     match gateway.store.revoke_key(&id).await {
         Ok(Some(record)) => {
             gateway.keys.forget(&KeyId(id));
             tracing::info!(key_id = %record.id, "API key revoked.");
+            gateway
+                .auditor
+                .record(
+                    &actor(&extensions),
+                    "key.revoke",
+                    &record.id.0,
+                    serde_json::json!({}),
+                )
+                .await;
             Json(record).into_response()
         }
         Ok(None) => ApiError::new(
@@ -139,13 +172,7 @@ pub(crate) async fn list_logs(
 ) -> Response {
     let Query(params) = match params {
         Ok(params) => params,
-        Err(rejection) => {
-            return ApiError::invalid_request(
-                "invalid_query",
-                format!("{rejection}. Use ?limit=1..1000&before=SEQ (SEQ from `next_before`)."),
-            )
-            .into_response();
-        }
+        Err(rejection) => return page_query_error(&rejection).into_response(),
     };
     let query = LogQuery {
         limit: params.limit.unwrap_or(100),
@@ -181,4 +208,44 @@ pub(crate) async fn list_models(State(gateway): State<Arc<Gateway>>) -> Response
         })
         .collect();
     Json(serde_json::json!({ "data": data })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditParams {
+    limit: Option<u32>,
+    before: Option<i64>,
+}
+
+/// The audit log, newest first; `next_before` pages on.
+pub(crate) async fn list_audit(
+    State(gateway): State<Arc<Gateway>>,
+    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(params) = match params {
+        Ok(params) => params,
+        Err(rejection) => return page_query_error(&rejection).into_response(),
+    };
+    let limit = i64::from(params.limit.unwrap_or(100).clamp(1, 1000));
+    match gateway
+        .store
+        .audit_before(params.before.unwrap_or(i64::MAX), limit)
+        .await
+    {
+        Ok(data) => {
+            let next_before = (data.len() as i64 == limit)
+                .then(|| data.last().map(|row| row.seq))
+                .flatten();
+            Json(serde_json::json!({"data": data, "next_before": next_before})).into_response()
+        }
+        Err(error) => storage_error(error).into_response(),
+    }
+}
+
+/// A bad `?limit=&before=` on a paged endpoint.
+fn page_query_error(rejection: &axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::invalid_request(
+        "invalid_query",
+        format!("{rejection}. Use ?limit=1..1000&before=SEQ (SEQ from `next_before`)."),
+    )
 }

@@ -157,7 +157,10 @@ pub(crate) async fn require_key(
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Err(error) => error.into_response(),
+        Err(error) => {
+            gateway.audit_auth_failure(request.extensions(), &error);
+            error.into_response()
+        }
     }
 }
 
@@ -172,8 +175,22 @@ pub(crate) async fn require_admin(
             request.extensions_mut().insert(Principal::Admin);
             next.run(request).await
         }
-        Ok(Principal::Key(_)) => {
+        Ok(Principal::Key(key)) => {
             metrics::counter!(names::AUTH_FAILURES, "reason" => "not_admin").increment(1);
+            let actor = crate::audit::Actor {
+                name: key.id.to_string(),
+                source_ip: crate::audit::source_ip(request.extensions()),
+            };
+            let target = format!("{} {}", request.method(), request.uri().path());
+            gateway
+                .auditor
+                .record(
+                    &actor,
+                    "auth.denied",
+                    &target,
+                    serde_json::json!({"needs": "admin"}),
+                )
+                .await;
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 "admin_required",
@@ -181,6 +198,9 @@ pub(crate) async fn require_admin(
             )
             .into_response()
         }
-        Err(error) => error.into_response(),
+        Err(error) => {
+            gateway.audit_auth_failure(request.extensions(), &error);
+            error.into_response()
+        }
     }
 }

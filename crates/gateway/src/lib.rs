@@ -10,6 +10,7 @@
 //! hands it a validated `GatewayConfig`.
 
 mod admin;
+mod audit;
 mod auth;
 pub mod catalog;
 mod chat;
@@ -41,6 +42,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 
 pub use atalaya_translate::Usage;
+pub use audit::{Actor, Auditor, link as audit_link};
 pub use auth::{KeyCache, Principal};
 pub use config::{
     AwsSettings, DeploymentSettings, GatewayConfig, ModelSettings, ProviderKind, ProviderSettings,
@@ -58,6 +60,7 @@ pub struct Gateway {
     store: Store,
     log_writer: LogWriter,
     keys: Arc<KeyCache>,
+    auditor: Arc<Auditor>,
     /// Shared by every worker: models, deployments and their health.
     routing: Arc<Routing>,
     /// This worker's HTTP clients.
@@ -97,12 +100,14 @@ impl Gateway {
         store: Store,
         log_writer: LogWriter,
         keys: Arc<KeyCache>,
+        auditor: Arc<Auditor>,
         metrics: PrometheusHandle,
     ) -> Result<Arc<Self>, ProviderError> {
         Ok(Arc::new(Gateway {
             store,
             log_writer,
             keys,
+            auditor,
             providers: Providers::new(config, &routing)?,
             routing,
             metrics,
@@ -133,6 +138,12 @@ impl Gateway {
                     .map(|(enabled, total)| KeySummary { total, enabled }),
             })
             .collect()
+    }
+
+    /// Records a failed authentication in the audit log (rate-limited there).
+    fn audit_auth_failure(&self, extensions: &axum::http::Extensions, error: &ApiError) {
+        self.auditor
+            .auth_failure(audit::source_ip(extensions), error.code);
     }
 
     /// Metrics and the request-log row for one finished data-plane request.
@@ -361,6 +372,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/v1/logs", get(admin::list_logs))
         .route("/api/v1/providers", get(admin::list_providers))
         .route("/api/v1/models", get(admin::list_models))
+        .route("/api/v1/audit", get(admin::list_audit))
         .layer(middleware::from_fn_with_state(
             gateway.clone(),
             auth::require_admin,
@@ -454,7 +466,10 @@ async fn data_plane(
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Err(error) => error.into_response_for(format),
+        Err(error) => {
+            gateway.audit_auth_failure(request.extensions(), &error);
+            error.into_response_for(format)
+        }
     };
     let Some(context) = guard.context.take() else {
         return response;

@@ -5,6 +5,7 @@
 //! This crate never stores anything and never sees HTTP; the gateway decides who may call
 //! what. Plaintext keys exist only in the value returned to whoever created them.
 
+pub mod audit;
 pub mod mask;
 pub mod vault;
 

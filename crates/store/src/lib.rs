@@ -5,6 +5,7 @@
 //! crate's business (SQLite today, PostgreSQL added behind the same methods). The store
 //! knows nothing of HTTP, hashing or routing.
 
+mod audit;
 mod keys;
 mod log_writer;
 mod request_log;
@@ -18,6 +19,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use audit::{AuditRow, NewAuditEntry};
 pub use keys::{KeyId, KeyRecord, NewKey};
 pub use log_writer::{LogWriter, LogWriterConfig, spawn_log_writer};
 pub use request_log::{LogPage, LogQuery, RequestLogRow};

@@ -46,6 +46,8 @@ pub mod names {
     pub const KEYS_DISABLED: &str = "atalaya_upstream_keys_disabled_total";
     /// Rejected authentication attempts by `reason`.
     pub const AUTH_FAILURES: &str = "atalaya_auth_failures_total";
+    /// Audit entries that could not be written.
+    pub const AUDIT_WRITE_ERRORS: &str = "atalaya_audit_write_errors_total";
 }
 
 /// Latency buckets from 0.5 ms to 5 min: gateway overhead sits at the low end, long
@@ -140,6 +142,10 @@ fn describe() {
     describe_counter!(
         RETRY_BUDGET_EXHAUSTED,
         "Retries refused because retries reached their share of requests."
+    );
+    describe_counter!(
+        AUDIT_WRITE_ERRORS,
+        "Audit entries that could not be written to the audit log."
     );
     describe_counter!(
         KEYS_DISABLED,

@@ -175,6 +175,33 @@ async fn secrets_are_sealed_used_rotated_and_never_stored_in_plaintext() {
         stderr.contains("the vault has no secret `upstream-key`"),
         "{stderr}"
     );
+
+    // Every step is in the audit log, and the chain holds.
+    let output = Command::new(binary())
+        .args(["audit", "export", "--data-dir"])
+        .arg(&data)
+        .current_dir(data_dir.path())
+        .output()
+        .unwrap();
+    let exported = String::from_utf8_lossy(&output.stdout);
+    for action in ["secret.set", "secret.read", "vault.rotate", "secret.delete"] {
+        assert!(
+            exported.contains(&format!("\"action\":\"{action}\"")),
+            "{action}: {exported}"
+        );
+    }
+    assert!(!exported.contains(PROVIDER_KEY));
+    let output = Command::new(binary())
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .current_dir(data_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test]
