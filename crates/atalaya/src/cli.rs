@@ -201,6 +201,20 @@ pub enum KeysAction {
         /// A label for the key.
         #[arg(long, default_value = "")]
         name: String,
+        /// admin, operator, developer (default) or viewer; see README "Roles".
+        #[arg(long, value_name = "ROLE")]
+        role: Option<String>,
+        #[arg(long, value_name = "TEAM")]
+        team: Option<String>,
+        /// The only models the key may call, comma separated [default: any].
+        #[arg(long, value_name = "A,B", value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// The key stops working after this many days.
+        #[arg(long, value_name = "DAYS")]
+        expires_in_days: Option<f64>,
+        /// A JSON object stored with the key.
+        #[arg(long, value_name = "JSON")]
+        metadata: Option<String>,
     },
     /// List keys (ids, labels, prefixes, state).
     List,

@@ -10,9 +10,37 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
     let base = args.server.trim_end_matches('/');
     let client = reqwest::Client::new();
     let request = match &args.action {
-        KeysAction::Create { name } => client
-            .post(format!("{base}/api/v1/keys"))
-            .json(&serde_json::json!({ "name": name })),
+        KeysAction::Create {
+            name,
+            role,
+            team,
+            models,
+            expires_in_days,
+            metadata,
+        } => {
+            let mut body = serde_json::json!({ "name": name });
+            if let Some(role) = role {
+                body["role"] = role.clone().into();
+            }
+            if let Some(team) = team {
+                body["team"] = team.clone().into();
+            }
+            if let Some(models) = models {
+                body["models"] = models.clone().into();
+            }
+            if let Some(days) = expires_in_days {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as f64)
+                    .unwrap_or(0.0);
+                body["expires_at_ms"] = ((now + days * 86_400_000.0) as i64).into();
+            }
+            if let Some(metadata) = metadata {
+                body["metadata"] = serde_json::from_str(metadata)
+                    .map_err(|error| anyhow::anyhow!("--metadata is not JSON: {error}"))?;
+            }
+            client.post(format!("{base}/api/v1/keys")).json(&body)
+        }
         KeysAction::List => client.get(format!("{base}/api/v1/keys")),
         KeysAction::Revoke { id } => client.delete(format!("{base}/api/v1/keys/{id}")),
     };
@@ -25,11 +53,15 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
         KeysAction::Create { .. } => {
             println!("id:   {}", body["id"].as_str().unwrap_or(""));
             println!("name: {}", body["name"].as_str().unwrap_or(""));
+            println!("role: {}", body["role"].as_str().unwrap_or(""));
             println!("key:  {}", body["key"].as_str().unwrap_or(""));
             eprintln!("Store the key now: it is not shown again.");
         }
         KeysAction::List => {
-            println!("{:<40} {:<12} {:<8} NAME", "ID", "PREFIX", "STATE");
+            println!(
+                "{:<40} {:<12} {:<8} {:<10} {:<12} NAME",
+                "ID", "PREFIX", "STATE", "ROLE", "TEAM"
+            );
             for key in body["data"].as_array().into_iter().flatten() {
                 let state = if key["revoked_at_ms"].is_null() {
                     "active"
@@ -37,10 +69,12 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
                     "revoked"
                 };
                 println!(
-                    "{:<40} {:<12} {:<8} {}",
+                    "{:<40} {:<12} {:<8} {:<10} {:<12} {}",
                     key["id"].as_str().unwrap_or(""),
                     key["key_prefix"].as_str().unwrap_or(""),
                     state,
+                    key["role"].as_str().unwrap_or(""),
+                    key["team"].as_str().unwrap_or("-"),
                     key["name"].as_str().unwrap_or("")
                 );
             }

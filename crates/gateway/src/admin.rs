@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use atalaya_security::{display_prefix, generate_api_key};
-use atalaya_store::{KeyId, KeyRecord, LogQuery, NewKey};
+use atalaya_store::{KeyId, KeyRecord, KeyUpdate, LogQuery, NewKey};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Gateway;
 use crate::audit::Actor;
+use crate::auth::Role;
 use crate::error::ApiError;
 
 fn storage_error(error: atalaya_store::StoreError) -> ApiError {
@@ -31,6 +32,125 @@ fn storage_error(error: atalaya_store::StoreError) -> ApiError {
 struct CreateKey {
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    team: Option<String>,
+    #[serde(default)]
+    models: Option<Vec<String>>,
+    #[serde(default)]
+    expires_at_ms: Option<i64>,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+}
+
+/// A change to a key: absent fields stay, `null` clears `team`, `models` and `expires_at_ms`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KeyPatch {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    team: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    models: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at_ms: Option<Option<i64>>,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+}
+
+/// A field that is present (even as `null`) becomes `Some`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+fn caller(extensions: &axum::http::Extensions) -> crate::Principal {
+    extensions
+        .get::<crate::Principal>()
+        .cloned()
+        .unwrap_or(crate::Principal::Admin)
+}
+
+/// The role named `text`, if the caller may hand it out.
+fn grantable(caller: &crate::Principal, text: &str) -> Result<Role, ApiError> {
+    let role = Role::parse(text).ok_or_else(|| {
+        ApiError::invalid_request(
+            "invalid_value",
+            format!("'role' must be one of admin, operator, developer, viewer; got `{text}`."),
+        )
+        .with_param("role")
+    })?;
+    check_grant(caller, role)?;
+    Ok(role)
+}
+
+/// Whether the caller may create, change or revoke a key of `role`.
+fn check_grant(caller: &crate::Principal, role: Role) -> Result<(), ApiError> {
+    if caller.role().may_grant(role) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        format!(
+            "A `{}` key cannot manage `{}` keys.",
+            caller.role().as_str(),
+            role.as_str()
+        ),
+    ))
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.len() > 200 {
+        return Err(ApiError::invalid_request(
+            "invalid_value",
+            "'name' must be at most 200 characters.",
+        )
+        .with_param("name"));
+    }
+    Ok(())
+}
+
+fn check_models(models: Option<&[String]>) -> Result<(), ApiError> {
+    if models
+        .is_some_and(|m| m.is_empty() || m.iter().any(|m| m.trim().is_empty() || m.len() > 200))
+    {
+        return Err(ApiError::invalid_request(
+            "invalid_value",
+            "'models' must be a non-empty list of model names (omit it, or null, for any model).",
+        )
+        .with_param("models"));
+    }
+    Ok(())
+}
+
+fn check_metadata(metadata: &serde_json::Value) -> Result<(), ApiError> {
+    if !metadata.is_object() || metadata.to_string().len() > 4096 {
+        return Err(ApiError::invalid_request(
+            "invalid_value",
+            "'metadata' must be a JSON object of at most 4 KiB.",
+        )
+        .with_param("metadata"));
+    }
+    Ok(())
+}
+
+fn check_expiry(expires_at_ms: Option<i64>) -> Result<(), ApiError> {
+    if expires_at_ms.is_some_and(|at| at <= atalaya_store::now_ms()) {
+        return Err(ApiError::invalid_request(
+            "invalid_value",
+            "'expires_at_ms' must be in the future (milliseconds since the Unix epoch).",
+        )
+        .with_param("expires_at_ms"));
+    }
+    Ok(())
 }
 
 /// The one response that contains a key in plaintext.
@@ -57,7 +177,7 @@ pub(crate) async fn create_key(
     extensions: axum::http::Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match create(&gateway, &actor(&extensions), body).await {
+    match create(&gateway, &caller(&extensions), &actor(&extensions), body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -65,6 +185,7 @@ pub(crate) async fn create_key(
 
 async fn create(
     gateway: &Gateway,
+    caller: &crate::Principal,
     actor: &Actor,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -76,18 +197,17 @@ async fn create(
         serde_json::from_slice(&body).map_err(|error| {
             ApiError::invalid_request(
                 "invalid_json",
-                format!("Expected {{\"name\": \"...\"}}: {error}."),
+                format!("Expected {{\"name\", \"role\", \"team\", \"models\", \"expires_at_ms\", \"metadata\"}} (all optional): {error}."),
             )
         })?
     };
     let name = request.name.unwrap_or_default();
-    if name.len() > 200 {
-        return Err(ApiError::invalid_request(
-            "invalid_value",
-            "'name' must be at most 200 characters.",
-        )
-        .with_param("name"));
-    }
+    check_name(&name)?;
+    let role = grantable(caller, request.role.as_deref().unwrap_or("developer"))?;
+    check_models(request.models.as_deref())?;
+    let metadata = request.metadata.unwrap_or_else(|| serde_json::json!({}));
+    check_metadata(&metadata)?;
+    check_expiry(request.expires_at_ms)?;
     let key = generate_api_key();
     let hash = gateway.keys.hash(key.expose_secret());
     let prefix = display_prefix(key.expose_secret());
@@ -97,6 +217,11 @@ async fn create(
             name: &name,
             key_hash: &hash.0,
             key_prefix: &prefix,
+            role: role.as_str(),
+            team: request.team.as_deref(),
+            models: request.models.as_deref(),
+            expires_at_ms: request.expires_at_ms,
+            metadata: &metadata,
         })
         .await
         .map_err(storage_error)?;
@@ -107,7 +232,7 @@ async fn create(
             actor,
             "key.create",
             &record.id.0,
-            serde_json::json!({"name": record.name, "prefix": record.key_prefix}),
+            serde_json::json!({"name": record.name, "prefix": record.key_prefix, "role": record.role, "team": record.team, "models": record.models, "expires_at_ms": record.expires_at_ms}),
         )
         .await;
     let created = CreatedKey {
@@ -134,6 +259,9 @@ pub(crate) async fn revoke_key(
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Response {
+    if let Err(error) = may_manage(&gateway, &caller(&extensions), &id).await {
+        return error.into_response();
+    }
     match gateway.store.revoke_key(&id).await {
         Ok(Some(record)) => {
             gateway.keys.forget(&KeyId(id));
@@ -149,12 +277,7 @@ pub(crate) async fn revoke_key(
                 .await;
             Json(record).into_response()
         }
-        Ok(None) => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "key_not_found",
-            format!("No key has the id `{id}`."),
-        )
-        .into_response(),
+        Ok(None) => key_not_found(&id).into_response(),
         Err(error) => storage_error(error).into_response(),
     }
 }
@@ -248,4 +371,124 @@ fn page_query_error(rejection: &axum::extract::rejection::QueryRejection) -> Api
         "invalid_query",
         format!("{rejection}. Use ?limit=1..1000&before=SEQ (SEQ from `next_before`)."),
     )
+}
+
+fn key_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "key_not_found",
+        format!("No key has the id `{id}`."),
+    )
+}
+
+/// The key `id`, if the caller's role may manage keys of its role.
+async fn may_manage(
+    gateway: &Gateway,
+    caller: &crate::Principal,
+    id: &str,
+) -> Result<KeyRecord, ApiError> {
+    let record = gateway
+        .store
+        .key(id)
+        .await
+        .map_err(storage_error)?
+        .ok_or_else(|| key_not_found(id))?;
+    check_grant(caller, Role::parse(&record.role).unwrap_or(Role::Admin))?;
+    Ok(record)
+}
+
+/// One key: its role, team, models, expiry and metadata (never the key).
+pub(crate) async fn get_key(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+) -> Response {
+    match gateway.store.key(&id).await {
+        Ok(Some(record)) => Json(record).into_response(),
+        Ok(None) => key_not_found(&id).into_response(),
+        Err(error) => storage_error(error).into_response(),
+    }
+}
+
+/// Changes a key; the key cache forgets it at once, so the change holds from the next request.
+pub(crate) async fn update_key(
+    State(gateway): State<Arc<Gateway>>,
+    extensions: axum::http::Extensions,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match update(&gateway, &extensions, &id, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn update(
+    gateway: &Gateway,
+    extensions: &axum::http::Extensions,
+    id: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(extensions);
+    let body =
+        body.map_err(|rejection| ApiError::invalid_request("invalid_body", rejection.to_string()))?;
+    let patch: KeyPatch = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::invalid_request(
+            "invalid_json",
+            format!("Expected an object with any of name, role, team, models, expires_at_ms, metadata: {error}."),
+        )
+    })?;
+    may_manage(gateway, &caller, id).await?;
+    if let Some(name) = &patch.name {
+        check_name(name)?;
+    }
+    let role = match &patch.role {
+        Some(role) => Some(grantable(&caller, role)?.as_str().to_owned()),
+        None => None,
+    };
+    if let Some(models) = &patch.models {
+        check_models(models.as_deref())?;
+    }
+    if let Some(metadata) = &patch.metadata {
+        check_metadata(metadata)?;
+    }
+    if let Some(expires) = patch.expires_at_ms {
+        check_expiry(expires)?;
+    }
+    let changed: Vec<&str> = [
+        ("name", patch.name.is_some()),
+        ("role", role.is_some()),
+        ("team", patch.team.is_some()),
+        ("models", patch.models.is_some()),
+        ("expires_at_ms", patch.expires_at_ms.is_some()),
+        ("metadata", patch.metadata.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(field, _)| field)
+    .collect();
+    let update = KeyUpdate {
+        name: patch.name,
+        role,
+        team: patch.team,
+        models: patch.models,
+        expires_at_ms: patch.expires_at_ms,
+        metadata: patch.metadata,
+    };
+    let record = gateway
+        .store
+        .update_key(id, update)
+        .await
+        .map_err(storage_error)?
+        .ok_or_else(|| key_not_found(id))?;
+    gateway.keys.forget(&record.id);
+    gateway
+        .auditor
+        .record(
+            &actor(extensions),
+            "key.update",
+            id,
+            serde_json::json!({"changed": changed, "role": record.role}),
+        )
+        .await;
+    Ok(Json(record).into_response())
 }

@@ -140,3 +140,11 @@ pub fn source_ip(extensions: &Extensions) -> String {
         .map(|info| info.0.ip().to_string())
         .unwrap_or_default()
 }
+
+/// `("METHOD /path", source IP)` of a request being denied.
+pub(crate) fn denied_request<B>(request: &axum::http::Request<B>) -> (String, String) {
+    (
+        format!("{} {}", request.method(), request.uri().path()),
+        source_ip(request.extensions()),
+    )
+}

@@ -32,6 +32,126 @@ impl Principal {
             Principal::Key(record) => Some(record.id.0.clone()),
         }
     }
+
+    pub fn role(&self) -> Role {
+        match self {
+            Principal::Admin => Role::Admin,
+            // A role this version does not know gets the least.
+            Principal::Key(record) => Role::parse(&record.role).unwrap_or(Role::Viewer),
+        }
+    }
+
+    /// The models the caller may use; `None`: any.
+    pub fn allowed_models(&self) -> Option<Arc<[String]>> {
+        match self {
+            Principal::Admin => None,
+            Principal::Key(record) => record.models.as_deref().map(Arc::from),
+        }
+    }
+
+    /// The name the audit log records.
+    pub fn name(&self) -> String {
+        self.key_id().unwrap_or_else(|| "admin".to_owned())
+    }
+}
+
+/// What a key may do. The documented table (README, "Roles"):
+///
+/// | permission | admin | operator | developer | viewer |
+/// |---|---|---|---|---|
+/// | `call_models` (`/v1/*`, compare) | yes | yes | yes | no |
+/// | `read` (providers, models, request logs, key list) | yes | yes | no | yes |
+/// | `manage_keys` (create, update, revoke) | yes | yes (developer and viewer keys) | no | no |
+/// | `read_audit` | yes | yes | no | no |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Developer,
+    Operator,
+    Admin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    CallModels,
+    Read,
+    ManageKeys,
+    ReadAudit,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::CallModels => "call_models",
+            Permission::Read => "read",
+            Permission::ManageKeys => "manage_keys",
+            Permission::ReadAudit => "read_audit",
+        }
+    }
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Operator, Role::Developer, Role::Viewer];
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.as_str() == text)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Developer => "developer",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn allows(self, permission: Permission) -> bool {
+        match self {
+            Role::Admin | Role::Operator => true,
+            Role::Developer => permission == Permission::CallModels,
+            Role::Viewer => permission == Permission::Read,
+        }
+    }
+
+    /// Roles this one may hand out: an admin any, an operator only lesser ones.
+    pub fn may_grant(self, role: Role) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Operator => role < Role::Operator,
+            Role::Developer | Role::Viewer => false,
+        }
+    }
+
+    fn permissions(self) -> String {
+        [
+            Permission::CallModels,
+            Permission::Read,
+            Permission::ManageKeys,
+            Permission::ReadAudit,
+        ]
+        .into_iter()
+        .filter(|p| self.allows(*p))
+        .map(Permission::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
+/// The 403 for a caller whose role lacks `permission`.
+pub(crate) fn denied(principal: &Principal, permission: Permission) -> ApiError {
+    metrics::counter!(names::AUTH_FAILURES, "reason" => "forbidden").increment(1);
+    let role = principal.role();
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        format!(
+            "This endpoint needs the `{}` permission; a `{}` key has: {}.",
+            permission.as_str(),
+            role.as_str(),
+            role.permissions()
+        ),
+    )
 }
 
 pub struct KeyCache {
@@ -70,6 +190,9 @@ impl KeyCache {
             .ok()
             .and_then(|active| active.get(&hash).cloned())
         {
+            if record.is_expired(atalaya_store::now_ms()) {
+                return Err(invalid_key("expired"));
+            }
             return Ok(Principal::Key(record));
         }
         let record = self.store.find_key_by_hash(&hash.0).await.map_err(|error| {
@@ -81,6 +204,9 @@ impl KeyCache {
             )
         })?;
         match record {
+            Some(record) if record.is_active() && record.is_expired(atalaya_store::now_ms()) => {
+                Err(invalid_key("expired"))
+            }
             Some(record) if record.is_active() => {
                 let record = Arc::new(record);
                 if let Ok(mut active) = self.active.write() {
@@ -105,6 +231,8 @@ fn invalid_key(reason: &'static str) -> ApiError {
     metrics::counter!(names::AUTH_FAILURES, "reason" => reason).increment(1);
     let message = if reason == "revoked" {
         "This API key has been revoked. Ask an administrator for a new key."
+    } else if reason == "expired" {
+        "This API key has expired. Ask an administrator to extend it or for a new key."
     } else {
         "Incorrect API key provided. Use a key from `atalaya keys create` (it starts with sk-atl-) or the admin key."
     };
@@ -146,58 +274,25 @@ pub(crate) async fn authenticate(
     keys.authenticate(presented).await
 }
 
-/// Any valid key: for atalaya's own endpoints that spend on models (compare).
-pub(crate) async fn require_key(
-    State(gateway): State<Arc<Gateway>>,
+/// Any valid key whose role has the permission the route needs.
+pub(crate) async fn require(
+    State((gateway, permission)): State<(Arc<Gateway>, Permission)>,
     mut request: Request,
     next: Next,
 ) -> Response {
     match authenticate(request.headers(), &gateway.keys).await {
-        Ok(principal) => {
+        Ok(principal) if principal.role().allows(permission) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Err(error) => {
-            gateway.audit_auth_failure(request.extensions(), &error);
-            error.into_response()
-        }
-    }
-}
-
-/// The admin key only.
-pub(crate) async fn require_admin(
-    State(gateway): State<Arc<Gateway>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match authenticate(request.headers(), &gateway.keys).await {
-        Ok(Principal::Admin) => {
-            request.extensions_mut().insert(Principal::Admin);
-            next.run(request).await
-        }
-        Ok(Principal::Key(key)) => {
-            metrics::counter!(names::AUTH_FAILURES, "reason" => "not_admin").increment(1);
-            let actor = crate::audit::Actor {
-                name: key.id.to_string(),
-                source_ip: crate::audit::source_ip(request.extensions()),
-            };
-            let target = format!("{} {}", request.method(), request.uri().path());
-            gateway
-                .auditor
-                .record(
-                    &actor,
-                    "auth.denied",
-                    &target,
-                    serde_json::json!({"needs": "admin"}),
-                )
-                .await;
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "admin_required",
-                "This endpoint needs the admin key.",
+        Ok(principal) => gateway
+            .deny(
+                &principal,
+                crate::audit::denied_request(&request),
+                permission,
             )
-            .into_response()
-        }
+            .await
+            .into_response(),
         Err(error) => {
             gateway.audit_auth_failure(request.extensions(), &error);
             error.into_response()

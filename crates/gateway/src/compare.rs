@@ -115,7 +115,6 @@ pub(crate) async fn compare(
         Ok(asked) => asked,
         Err(error) => return error.into_response(),
     };
-    let key_id = principal.key_id();
     let headers = leg_headers(&headers, asked.timeout);
     let legs = asked.models.iter().enumerate().map(|(index, model)| {
         let mut body = asked.extra.clone();
@@ -123,7 +122,7 @@ pub(crate) async fn compare(
         run_leg(
             &gateway,
             &headers,
-            key_id.clone(),
+            &principal,
             format!("{}-{index}", context.id),
             model.clone(),
             body,
@@ -136,7 +135,7 @@ pub(crate) async fn compare(
                 &gateway,
                 &context,
                 &headers,
-                key_id.clone(),
+                &principal,
                 judge,
                 &asked,
                 &mut results,
@@ -265,7 +264,7 @@ fn leg_headers(headers: &HeaderMap, timeout: Duration) -> HeaderMap {
 async fn run_leg(
     gateway: &Arc<Gateway>,
     headers: &HeaderMap,
-    key_id: Option<String>,
+    caller: &Principal,
     request_id: String,
     model: String,
     mut body: Map<String, Value>,
@@ -278,10 +277,7 @@ async fn run_leg(
         endpoint: "compare",
         format: ClientFormat::OpenAi,
     };
-    let mut exchange = Exchange {
-        key_id,
-        ..Exchange::default()
-    };
+    let mut exchange = Exchange::for_caller(caller);
     let bytes = Bytes::from(Value::Object(body).to_string());
     let result = v1::chat(gateway, &context, &mut exchange, headers, bytes).await;
     let info = exchange.info.clone();
@@ -438,7 +434,7 @@ async fn judge_answers(
     gateway: &Arc<Gateway>,
     context: &RequestContext,
     headers: &HeaderMap,
-    key_id: Option<String>,
+    caller: &Principal,
     judge: &str,
     asked: &Asked,
     results: &mut [Outcome],
@@ -525,7 +521,7 @@ async fn judge_answers(
     let verdict = run_leg(
         gateway,
         headers,
-        key_id,
+        caller,
         format!("{}-judge", context.id),
         judge.to_owned(),
         body,

@@ -226,6 +226,19 @@ pub(crate) async fn serve(
     let routing = &gateway.routing;
     let settings = &routing.settings;
     exchange.model = Some(requested.to_owned());
+    if let Some(allowed) = &exchange.allowed_models
+        && !allowed.iter().any(|model| model == requested)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "model_not_allowed",
+            format!(
+                "This key may not use the model `{requested}`; it may use: {}.",
+                allowed.join(", ")
+            ),
+        )
+        .with_param("model"));
+    }
     exchange.stream = inbound.is_stream();
     // Reading `metadata` scans the whole body: only when a rule asks for it.
     let metadata = if settings.rules.iter().any(|rule| !rule.metadata.is_empty()) {

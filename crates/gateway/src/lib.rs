@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 pub use atalaya_translate::Usage;
 pub use audit::{Actor, Auditor, link as audit_link};
-pub use auth::{KeyCache, Principal};
+pub use auth::{KeyCache, Permission, Principal, Role};
 pub use config::{
     AwsSettings, DeploymentSettings, GatewayConfig, ModelSettings, ProviderKind, ProviderSettings,
     RouteRule, RoutingSettings, SimSettings, Strategy, Timeouts,
@@ -138,6 +138,30 @@ impl Gateway {
                     .map(|(enabled, total)| KeySummary { total, enabled }),
             })
             .collect()
+    }
+
+    /// The 403 for a caller whose role lacks `permission`, recorded in the audit log.
+    /// `request` is `(method and path, source IP)`, taken before any await.
+    async fn deny(
+        &self,
+        principal: &Principal,
+        request: (String, String),
+        permission: auth::Permission,
+    ) -> ApiError {
+        let (target, source_ip) = request;
+        let actor = Actor {
+            name: principal.name(),
+            source_ip,
+        };
+        self.auditor
+            .record(
+                &actor,
+                "auth.denied",
+                &target,
+                serde_json::json!({"needs": permission.as_str(), "role": principal.role().as_str()}),
+            )
+            .await;
+        auth::denied(principal, permission)
     }
 
     /// Records a failed authentication in the audit log (rate-limited there).
@@ -328,6 +352,8 @@ pub(crate) struct RequestContext {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Exchange {
     pub key_id: Option<String>,
+    /// The models the caller's key may use; `None`: any.
+    pub allowed_models: Option<Arc<[String]>>,
     pub model: Option<String>,
     /// The bounded metric label for `model`.
     pub model_label: Option<Arc<str>>,
@@ -350,6 +376,17 @@ pub(crate) struct Exchange {
     pub upstream_error_class: Option<&'static str>,
 }
 
+impl Exchange {
+    /// A new exchange for this caller.
+    pub(crate) fn for_caller(principal: &Principal) -> Exchange {
+        Exchange {
+            key_id: principal.key_id(),
+            allowed_models: principal.allowed_models(),
+            ..Exchange::default()
+        }
+    }
+}
+
 /// Marks a response whose request is recorded later, by the stream relay.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deferred;
@@ -363,30 +400,44 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/models/{*id}", get(v1::get_model))
         .route("/v1/messages", post(messages::create))
         .layer(middleware::from_fn_with_state(gateway.clone(), data_plane));
-    let admin_api = Router::new()
-        .route(
-            "/api/v1/keys",
-            post(admin::create_key).get(admin::list_keys),
-        )
-        .route("/api/v1/keys/{id}", delete(admin::revoke_key))
-        .route("/api/v1/logs", get(admin::list_logs))
-        .route("/api/v1/providers", get(admin::list_providers))
-        .route("/api/v1/models", get(admin::list_models))
-        .route("/api/v1/audit", get(admin::list_audit))
-        .layer(middleware::from_fn_with_state(
-            gateway.clone(),
-            auth::require_admin,
-        ));
-    let key_api = Router::new()
-        .route("/api/v1/compare", post(compare::compare))
-        .layer(middleware::from_fn_with_state(
-            gateway.clone(),
-            auth::require_key,
-        ));
+    let guarded = |router: Router<Arc<Gateway>>, permission: auth::Permission| {
+        router.layer(middleware::from_fn_with_state(
+            (gateway.clone(), permission),
+            auth::require,
+        ))
+    };
+    let manage_keys = guarded(
+        Router::new()
+            .route("/api/v1/keys", post(admin::create_key))
+            .route(
+                "/api/v1/keys/{id}",
+                delete(admin::revoke_key).patch(admin::update_key),
+            ),
+        auth::Permission::ManageKeys,
+    );
+    let read = guarded(
+        Router::new()
+            .route("/api/v1/keys", get(admin::list_keys))
+            .route("/api/v1/keys/{id}", get(admin::get_key))
+            .route("/api/v1/logs", get(admin::list_logs))
+            .route("/api/v1/providers", get(admin::list_providers))
+            .route("/api/v1/models", get(admin::list_models)),
+        auth::Permission::Read,
+    );
+    let audit = guarded(
+        Router::new().route("/api/v1/audit", get(admin::list_audit)),
+        auth::Permission::ReadAudit,
+    );
+    let call = guarded(
+        Router::new().route("/api/v1/compare", post(compare::compare)),
+        auth::Permission::CallModels,
+    );
     Router::new()
         .merge(data_plane)
-        .merge(admin_api)
-        .merge(key_api)
+        .merge(manage_keys)
+        .merge(read)
+        .merge(audit)
+        .merge(call)
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(render_metrics))
@@ -462,10 +513,18 @@ async fn data_plane(
         context: Some(context),
     };
     let response = match auth::authenticate(request.headers(), &gateway.keys).await {
-        Ok(principal) => {
+        Ok(principal) if principal.role().allows(auth::Permission::CallModels) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
+        Ok(principal) => gateway
+            .deny(
+                &principal,
+                audit::denied_request(&request),
+                auth::Permission::CallModels,
+            )
+            .await
+            .into_response_for(format),
         Err(error) => {
             gateway.audit_auth_failure(request.extensions(), &error);
             error.into_response_for(format)

@@ -27,10 +27,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut exchange = Exchange {
-        key_id: principal.key_id(),
-        ..Exchange::default()
-    };
+    let mut exchange = Exchange::for_caller(&principal);
     let result = match body {
         Ok(body) => message(&gateway, &context, &mut exchange, &headers, body).await,
         Err(rejection) => Err(body_error(rejection, gateway.max_body_bytes)),

@@ -63,10 +63,7 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut exchange = Exchange {
-        key_id: principal.key_id(),
-        ..Exchange::default()
-    };
+    let mut exchange = Exchange::for_caller(&principal);
     let result = match body {
         Ok(body) => chat(&gateway, &context, &mut exchange, &headers, body).await,
         Err(rejection) => Err(body_error(rejection, gateway.max_body_bytes)),
@@ -184,10 +181,7 @@ pub(crate) async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     // Same shape as `chat_completions`; axum needs one handler per route.
-    let mut exchange = Exchange {
-        key_id: principal.key_id(),
-        ..Exchange::default()
-    };
+    let mut exchange = Exchange::for_caller(&principal);
     let result = match body {
         Ok(body) => embed(&gateway, &context, &mut exchange, &headers, body).await,
         Err(rejection) => Err(body_error(rejection, gateway.max_body_bytes)),
@@ -357,10 +351,13 @@ pub(crate) async fn list_models(
         object: &'static str,
         data: Vec<ModelObject<'a>>,
     }
+    // A key limited to some models sees only those.
+    let allowed = principal.allowed_models();
     let data = gateway
         .routing
         .listed
         .iter()
+        .filter(|listed| allowed.as_ref().is_none_or(|a| a.contains(&listed.id)))
         .map(|listed| ModelObject {
             id: &listed.id,
             object: "model",
@@ -368,10 +365,7 @@ pub(crate) async fn list_models(
             owned_by: &listed.owned_by,
         })
         .collect();
-    let exchange = Exchange {
-        key_id: principal.key_id(),
-        ..Exchange::default()
-    };
+    let exchange = Exchange::for_caller(&principal);
     finish(
         Ok(axum::Json(List {
             object: "list",
@@ -388,10 +382,7 @@ pub(crate) async fn get_model(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Response {
-    let exchange = Exchange {
-        key_id: principal.key_id(),
-        ..Exchange::default()
-    };
+    let exchange = Exchange::for_caller(&principal);
     let result = match gateway.routing.plan(&id) {
         Some(plan) => Ok(axum::Json(ModelObject {
             id: &id,

@@ -20,6 +20,22 @@ pub struct NewKey<'a> {
     pub name: &'a str,
     pub key_hash: &'a [u8],
     pub key_prefix: &'a str,
+    pub role: &'a str,
+    pub team: Option<&'a str>,
+    pub models: Option<&'a [String]>,
+    pub expires_at_ms: Option<i64>,
+    pub metadata: &'a serde_json::Value,
+}
+
+/// What may change on an existing key (`None`: unchanged; `Some(None)`: cleared).
+#[derive(Debug, Default)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub team: Option<Option<String>>,
+    pub models: Option<Option<Vec<String>>>,
+    pub expires_at_ms: Option<Option<i64>>,
+    pub metadata: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -29,17 +45,29 @@ pub struct KeyRecord {
     pub key_prefix: String,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    pub role: String,
+    pub team: Option<String>,
+    /// The models the key may call; `None`: any.
+    #[sqlx(json(nullable))]
+    pub models: Option<Vec<String>>,
+    pub expires_at_ms: Option<i64>,
+    #[sqlx(json)]
+    pub metadata: serde_json::Value,
 }
 
 impl KeyRecord {
     pub fn is_active(&self) -> bool {
         self.revoked_at_ms.is_none()
     }
+
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
 }
 
 macro_rules! columns {
     () => {
-        "id, name, key_prefix, created_at_ms, revoked_at_ms"
+        "id, name, key_prefix, created_at_ms, revoked_at_ms, role, team, models, expires_at_ms, metadata"
     };
 }
 
@@ -51,16 +79,74 @@ impl Store {
             key_prefix: key.key_prefix.to_owned(),
             created_at_ms: now_ms(),
             revoked_at_ms: None,
+            role: key.role.to_owned(),
+            team: key.team.map(str::to_owned),
+            models: key.models.map(<[String]>::to_vec),
+            expires_at_ms: key.expires_at_ms,
+            metadata: key.metadata.clone(),
         };
-        sqlx::query("INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at_ms) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at_ms, role, team, models, expires_at_ms, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&record.id)
             .bind(&record.name)
             .bind(key.key_hash)
             .bind(&record.key_prefix)
             .bind(record.created_at_ms)
+            .bind(&record.role)
+            .bind(&record.team)
+            .bind(record.models.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default()))
+            .bind(record.expires_at_ms)
+            .bind(record.metadata.to_string())
             .execute(&self.pool)
             .await?;
         Ok(record)
+    }
+
+    pub async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let sql = concat!("SELECT ", columns!(), " FROM api_keys WHERE id = ?");
+        Ok(sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Applies `update`; `None` if no such key.
+    pub async fn update_key(
+        &self,
+        id: &str,
+        update: KeyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let Some(mut record) = self.key(id).await? else {
+            return Ok(None);
+        };
+        if let Some(name) = update.name {
+            record.name = name;
+        }
+        if let Some(role) = update.role {
+            record.role = role;
+        }
+        if let Some(team) = update.team {
+            record.team = team;
+        }
+        if let Some(models) = update.models {
+            record.models = models;
+        }
+        if let Some(expires) = update.expires_at_ms {
+            record.expires_at_ms = expires;
+        }
+        if let Some(metadata) = update.metadata {
+            record.metadata = metadata;
+        }
+        sqlx::query("UPDATE api_keys SET name = ?, role = ?, team = ?, models = ?, expires_at_ms = ?, metadata = ? WHERE id = ?")
+            .bind(&record.name)
+            .bind(&record.role)
+            .bind(&record.team)
+            .bind(record.models.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default()))
+            .bind(record.expires_at_ms)
+            .bind(record.metadata.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(Some(record))
     }
 
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {

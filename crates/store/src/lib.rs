@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 };
 
 pub use audit::{AuditRow, NewAuditEntry};
-pub use keys::{KeyId, KeyRecord, NewKey};
+pub use keys::{KeyId, KeyRecord, KeyUpdate, NewKey};
 pub use log_writer::{LogWriter, LogWriterConfig, spawn_log_writer};
 pub use request_log::{LogPage, LogQuery, RequestLogRow};
 pub use secrets::{SecretInfo, SecretRow};

@@ -64,6 +64,12 @@ async fn the_audit_log_records_actions_and_detects_every_kind_of_tampering() {
     assert_eq!(status, 403);
     let (status, _) = get(&format!("{base}/api/v1/keys"), "sk-atl-wrong").await;
     assert_eq!(status, 401);
+    // Failed authentications are written in the background: let this one land first.
+    eventually(std::time::Duration::from_secs(5), || async {
+        let (_, page) = get(&format!("{base}/api/v1/audit"), ADMIN_KEY).await;
+        (page["data"].as_array().map_or(0, Vec::len) >= 3).then_some(())
+    })
+    .await;
     let response = client()
         .delete(format!("{base}/api/v1/keys/{id}"))
         .bearer_auth(ADMIN_KEY)
@@ -104,6 +110,12 @@ async fn the_audit_log_records_actions_and_detects_every_kind_of_tampering() {
     // A non-admin key may not read it.
     let (status, _) = get(&format!("{base}/api/v1/audit"), "sk-atl-wrong").await;
     assert_eq!(status, 401);
+    // Failed authentications are written in the background.
+    eventually(std::time::Duration::from_secs(5), || async {
+        let (_, page) = get(&format!("{base}/api/v1/audit"), ADMIN_KEY).await;
+        (page["data"].as_array().map_or(0, Vec::len) >= 5).then_some(())
+    })
+    .await;
 
     let data = server.data_path();
     let Server {

@@ -57,7 +57,7 @@ async fn virtual_keys_work_until_revoked_and_are_not_admins() {
     let (status, value) = get(&format!("{}/api/v1/keys", server.url()), &key).await;
     assert_eq!(
         (status, value["error"]["code"].as_str()),
-        (403, Some("admin_required"))
+        (403, Some("permission_denied"))
     );
 
     let (status, listed) = get(&format!("{}/api/v1/keys", server.url()), ADMIN_KEY).await;
@@ -152,6 +152,26 @@ async fn the_keys_command_creates_lists_and_revokes() {
         );
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
     };
+    let limited = run(&[
+        "create",
+        "--name",
+        "limited",
+        "--role",
+        "viewer",
+        "--team",
+        "blue",
+        "--models",
+        "sim-chat,gpt-4o",
+        "--expires-in-days",
+        "1",
+        "--metadata",
+        r#"{"owner": "ana"}"#,
+    ]);
+    assert_eq!(limited["role"], "viewer");
+    assert_eq!(limited["team"], "blue");
+    assert_eq!(limited["models"], serde_json::json!(["sim-chat", "gpt-4o"]));
+    assert_eq!(limited["metadata"]["owner"], "ana");
+    assert!(limited["expires_at_ms"].as_i64().unwrap() > 1_700_000_000_000);
     let created = run(&["create", "--name", "cli"]);
     let key = created["key"].as_str().unwrap().to_owned();
     let id = created["id"].as_str().unwrap().to_owned();

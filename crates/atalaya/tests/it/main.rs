@@ -13,6 +13,7 @@ mod masking;
 mod messages;
 mod providers;
 mod request_log;
+mod roles;
 mod routing;
 mod sim;
 mod upstream;
