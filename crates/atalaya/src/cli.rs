@@ -215,6 +215,12 @@ pub enum KeysAction {
         /// A JSON object stored with the key.
         #[arg(long, value_name = "JSON")]
         metadata: Option<String>,
+        /// Requests per minute.
+        #[arg(long, value_name = "N")]
+        rpm_limit: Option<u64>,
+        /// Tokens (prompt + completion) per minute.
+        #[arg(long, value_name = "N")]
+        tpm_limit: Option<u64>,
     },
     /// List keys (ids, labels, prefixes, state).
     List,

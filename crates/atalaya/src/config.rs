@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use atalaya_gateway::TeamLimits;
 use atalaya_gateway::catalog::{Catalog, Feature, ModelInfo};
 use atalaya_gateway::presets::{self, Preset};
 use atalaya_gateway::{
@@ -79,6 +80,17 @@ struct RawConfig {
     models: Vec<RawModel>,
     catalog: RawCatalog,
     routing: RawRouting,
+    teams: Vec<RawTeam>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    name: String,
+    #[serde(default)]
+    rpm_limit: Option<u64>,
+    #[serde(default)]
+    tpm_limit: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -809,6 +821,30 @@ fn validate(
         }
     }
     let routing = validate_routing(raw.routing, origins)?;
+    let mut teams: Vec<TeamLimits> = Vec::new();
+    for (index, team) in raw.teams.into_iter().enumerate() {
+        if team.name.trim().is_empty() || teams.iter().any(|t| t.name == team.name) {
+            return Err(error(
+                format!("teams[{index}].name"),
+                origins,
+                "must be a non-empty name used once",
+            ));
+        }
+        for (field, limit) in [("rpm_limit", team.rpm_limit), ("tpm_limit", team.tpm_limit)] {
+            if limit == Some(0) {
+                return Err(error(
+                    format!("teams[{index}].{field}"),
+                    origins,
+                    "must be positive (omit it for no limit)",
+                ));
+            }
+        }
+        teams.push(TeamLimits {
+            name: team.name,
+            rpm_limit: team.rpm_limit,
+            tpm_limit: team.tpm_limit,
+        });
+    }
     Ok(Settings {
         listen,
         data_dir,
@@ -837,6 +873,7 @@ fn validate(
             models,
             catalog,
             routing,
+            teams,
         },
     })
 }

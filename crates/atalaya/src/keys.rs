@@ -17,6 +17,8 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             models,
             expires_in_days,
             metadata,
+            rpm_limit,
+            tpm_limit,
         } => {
             let mut body = serde_json::json!({ "name": name });
             if let Some(role) = role {
@@ -38,6 +40,12 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             if let Some(metadata) = metadata {
                 body["metadata"] = serde_json::from_str(metadata)
                     .map_err(|error| anyhow::anyhow!("--metadata is not JSON: {error}"))?;
+            }
+            if let Some(rpm) = rpm_limit {
+                body["rpm_limit"] = (*rpm).into();
+            }
+            if let Some(tpm) = tpm_limit {
+                body["tpm_limit"] = (*tpm).into();
             }
             client.post(format!("{base}/api/v1/keys")).json(&body)
         }

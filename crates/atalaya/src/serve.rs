@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use atalaya_gateway::{Actor, Auditor, Gateway, KeyCache, Routing};
+use atalaya_gateway::{Actor, Auditor, Gateway, KeyCache, Limits, LocalRates, Routing, Shared};
 use atalaya_security::{KeyHasher, is_too_open, load_or_create_secret_file};
 use atalaya_store::{Store, spawn_log_writer};
 use axum::serve::ListenerExt as _;
@@ -98,18 +98,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listeners.push(reuseport_listener(address)?);
     }
     let routing = Routing::new(&settings.gateway).context("configuring models")?;
+    let limits = Arc::new(Limits::new(
+        Arc::new(LocalRates::default()),
+        &settings.gateway.teams,
+    ));
+    let shared = Shared {
+        routing,
+        store: store.clone(),
+        log_writer: log_writer.clone(),
+        keys,
+        auditor,
+        limits,
+        metrics: metrics.clone(),
+    };
     let mut workers = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
-        let gateway = Gateway::new(
-            &settings.gateway,
-            routing.clone(),
-            store.clone(),
-            log_writer.clone(),
-            keys.clone(),
-            auditor.clone(),
-            metrics.clone(),
-        )
-        .context("configuring providers")?;
+        let gateway = Gateway::new(&settings.gateway, &shared).context("configuring providers")?;
         if index == 0 {
             for provider in gateway.providers() {
                 tracing::info!(provider = %provider.name, source = %provider.source, "Provider enabled.");
@@ -117,6 +121,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         workers.push(spawn_worker(index, listener, gateway, shutdown.clone())?);
     }
+    // Only the workers hold the log writer now: when they stop, it drains and ends.
+    drop(shared);
     drop(log_writer);
     tracing::info!(%address, workers = workers.len(), data_dir = %settings.data_dir.display(), "Listening on http://{address}.");
 

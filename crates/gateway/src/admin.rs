@@ -42,6 +42,10 @@ struct CreateKey {
     expires_at_ms: Option<i64>,
     #[serde(default)]
     metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    rpm_limit: Option<i64>,
+    #[serde(default)]
+    tpm_limit: Option<i64>,
 }
 
 /// A change to a key: absent fields stay, `null` clears `team`, `models` and `expires_at_ms`.
@@ -60,6 +64,10 @@ struct KeyPatch {
     expires_at_ms: Option<Option<i64>>,
     #[serde(default)]
     metadata: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    rpm_limit: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    tpm_limit: Option<Option<i64>>,
 }
 
 /// A field that is present (even as `null`) becomes `Some`.
@@ -142,6 +150,17 @@ fn check_metadata(metadata: &serde_json::Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn check_limit(name: &'static str, limit: Option<i64>) -> Result<(), ApiError> {
+    if limit.is_some_and(|l| l < 1) {
+        return Err(ApiError::invalid_request(
+            "invalid_value",
+            format!("'{name}' must be a positive number per minute (omit it, or null, for none)."),
+        )
+        .with_param(name));
+    }
+    Ok(())
+}
+
 fn check_expiry(expires_at_ms: Option<i64>) -> Result<(), ApiError> {
     if expires_at_ms.is_some_and(|at| at <= atalaya_store::now_ms()) {
         return Err(ApiError::invalid_request(
@@ -208,6 +227,8 @@ async fn create(
     let metadata = request.metadata.unwrap_or_else(|| serde_json::json!({}));
     check_metadata(&metadata)?;
     check_expiry(request.expires_at_ms)?;
+    check_limit("rpm_limit", request.rpm_limit)?;
+    check_limit("tpm_limit", request.tpm_limit)?;
     let key = generate_api_key();
     let hash = gateway.keys.hash(key.expose_secret());
     let prefix = display_prefix(key.expose_secret());
@@ -222,6 +243,8 @@ async fn create(
             models: request.models.as_deref(),
             expires_at_ms: request.expires_at_ms,
             metadata: &metadata,
+            rpm_limit: request.rpm_limit,
+            tpm_limit: request.tpm_limit,
         })
         .await
         .map_err(storage_error)?;
@@ -454,6 +477,12 @@ async fn update(
     if let Some(expires) = patch.expires_at_ms {
         check_expiry(expires)?;
     }
+    if let Some(rpm) = patch.rpm_limit {
+        check_limit("rpm_limit", rpm)?;
+    }
+    if let Some(tpm) = patch.tpm_limit {
+        check_limit("tpm_limit", tpm)?;
+    }
     let changed: Vec<&str> = [
         ("name", patch.name.is_some()),
         ("role", role.is_some()),
@@ -461,6 +490,8 @@ async fn update(
         ("models", patch.models.is_some()),
         ("expires_at_ms", patch.expires_at_ms.is_some()),
         ("metadata", patch.metadata.is_some()),
+        ("rpm_limit", patch.rpm_limit.is_some()),
+        ("tpm_limit", patch.tpm_limit.is_some()),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)
@@ -473,6 +504,8 @@ async fn update(
         models: patch.models,
         expires_at_ms: patch.expires_at_ms,
         metadata: patch.metadata,
+        rpm_limit: patch.rpm_limit,
+        tpm_limit: patch.tpm_limit,
     };
     let record = gateway
         .store

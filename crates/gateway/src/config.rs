@@ -20,6 +20,8 @@ pub struct GatewayConfig {
     pub models: Vec<ModelSettings>,
     pub catalog: Catalog,
     pub routing: RoutingSettings,
+    /// Rate limits shared by every key of a team.
+    pub teams: Vec<crate::limits::TeamLimits>,
 }
 
 #[derive(Debug, Clone)]

@@ -214,6 +214,10 @@ fn header_timeouts(headers: &HeaderMap, mut timeouts: Timeouts) -> Timeouts {
     timeouts
 }
 
+/// Output tokens reserved against a token limit when the request sets no `max_tokens`; the
+/// real count is settled afterwards.
+const DEFAULT_OUTPUT_ESTIMATE: u32 = 256;
+
 /// Routes `requested` and answers, failing over as needed.
 pub(crate) async fn serve(
     gateway: &Arc<Gateway>,
@@ -255,6 +259,15 @@ pub(crate) async fn serve(
             .to_owned()
     };
     let facts = inbound.facts();
+    // Rate limits: one request, and the prompt plus the allowed output in tokens.
+    let mut limit_headers = None;
+    if let Some(key) = exchange.key.clone() {
+        let tokens =
+            facts.prompt_tokens + u64::from(facts.max_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE));
+        let (headers, reservation) = gateway.limits.admit(&key, tokens)?;
+        exchange.reservation = reservation;
+        limit_headers = Some(headers);
+    }
     let started = Instant::now();
     let max_attempts = max_attempts(headers, settings.max_attempts);
     routing.budget.record_request();
@@ -427,6 +440,9 @@ pub(crate) async fn serve(
                         HeaderName::from_static("x-atalaya-attempts"),
                         HeaderValue::from(attempts),
                     );
+                    if let Some(limit_headers) = limit_headers {
+                        headers.extend(limit_headers);
+                    }
                     return Ok(response);
                 }
                 Err(error) if retryable(&error) => {

@@ -18,6 +18,7 @@ mod compare;
 pub mod config;
 mod dispatch;
 mod error;
+mod limits;
 mod messages;
 mod openai;
 pub mod presets;
@@ -49,6 +50,7 @@ pub use config::{
     RouteRule, RoutingSettings, SimSettings, Strategy, Timeouts,
 };
 pub use error::ApiError;
+pub use limits::{Limits, LocalRates, RateStore, TeamLimits};
 pub use providers::{ProviderError, SIM_CHAT_MODEL, SIM_EMBED_MODEL, SIM_PROVIDER};
 pub use routing::{Routing, RoutingError};
 
@@ -61,6 +63,8 @@ pub struct Gateway {
     log_writer: LogWriter,
     keys: Arc<KeyCache>,
     auditor: Arc<Auditor>,
+    /// Shared by every worker: rate-limit buckets.
+    limits: Arc<Limits>,
     /// Shared by every worker: models, deployments and their health.
     routing: Arc<Routing>,
     /// This worker's HTTP clients.
@@ -92,25 +96,32 @@ pub struct KeySummary {
     pub enabled: usize,
 }
 
+/// What every worker's gateway shares: built once by the server.
+#[derive(Clone)]
+pub struct Shared {
+    /// Models, deployments and their health (`Routing::new`).
+    pub routing: Arc<Routing>,
+    pub store: Store,
+    pub log_writer: LogWriter,
+    pub keys: Arc<KeyCache>,
+    pub auditor: Arc<Auditor>,
+    pub limits: Arc<Limits>,
+    pub metrics: PrometheusHandle,
+}
+
 impl Gateway {
-    /// One worker's gateway. `routing` is built once (`Routing::new`) and shared by all.
-    pub fn new(
-        config: &GatewayConfig,
-        routing: Arc<Routing>,
-        store: Store,
-        log_writer: LogWriter,
-        keys: Arc<KeyCache>,
-        auditor: Arc<Auditor>,
-        metrics: PrometheusHandle,
-    ) -> Result<Arc<Self>, ProviderError> {
+    /// One worker's gateway: its own HTTP clients over the shared state.
+    pub fn new(config: &GatewayConfig, shared: &Shared) -> Result<Arc<Self>, ProviderError> {
+        let shared = shared.clone();
         Ok(Arc::new(Gateway {
-            store,
-            log_writer,
-            keys,
-            auditor,
-            providers: Providers::new(config, &routing)?,
-            routing,
-            metrics,
+            providers: Providers::new(config, &shared.routing)?,
+            store: shared.store,
+            log_writer: shared.log_writer,
+            keys: shared.keys,
+            auditor: shared.auditor,
+            limits: shared.limits,
+            routing: shared.routing,
+            metrics: shared.metrics,
             max_body_bytes: config.max_body_bytes,
             handles: std::sync::Mutex::default(),
         }))
@@ -173,6 +184,12 @@ impl Gateway {
     /// Metrics and the request-log row for one finished data-plane request.
     fn record(&self, context: &RequestContext, status: u16, exchange: &Exchange) {
         let total = context.started.elapsed();
+        if let Some(reservation) = &exchange.reservation {
+            let used = exchange
+                .usage
+                .map_or(0, |u| u.prompt_tokens + u.completion_tokens);
+            self.limits.settle(reservation, used);
+        }
         let cost = match (&exchange.info, &exchange.usage) {
             (Some(info), Some(usage)) => info.cost(usage),
             _ => None,
@@ -354,6 +371,10 @@ pub(crate) struct Exchange {
     pub key_id: Option<String>,
     /// The models the caller's key may use; `None`: any.
     pub allowed_models: Option<Arc<[String]>>,
+    /// The caller's key (its limits and team); `None` for the admin key.
+    pub key: Option<Arc<atalaya_store::KeyRecord>>,
+    /// Tokens reserved against rate limits, settled when the request is recorded.
+    pub reservation: Option<limits::Reservation>,
     pub model: Option<String>,
     /// The bounded metric label for `model`.
     pub model_label: Option<Arc<str>>,
@@ -382,6 +403,10 @@ impl Exchange {
         Exchange {
             key_id: principal.key_id(),
             allowed_models: principal.allowed_models(),
+            key: match principal {
+                Principal::Key(record) => Some(record.clone()),
+                Principal::Admin => None,
+            },
             ..Exchange::default()
         }
     }

@@ -25,6 +25,8 @@ pub struct NewKey<'a> {
     pub models: Option<&'a [String]>,
     pub expires_at_ms: Option<i64>,
     pub metadata: &'a serde_json::Value,
+    pub rpm_limit: Option<i64>,
+    pub tpm_limit: Option<i64>,
 }
 
 /// What may change on an existing key (`None`: unchanged; `Some(None)`: cleared).
@@ -36,6 +38,8 @@ pub struct KeyUpdate {
     pub models: Option<Option<Vec<String>>>,
     pub expires_at_ms: Option<Option<i64>>,
     pub metadata: Option<serde_json::Value>,
+    pub rpm_limit: Option<Option<i64>>,
+    pub tpm_limit: Option<Option<i64>>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -53,6 +57,10 @@ pub struct KeyRecord {
     pub expires_at_ms: Option<i64>,
     #[sqlx(json)]
     pub metadata: serde_json::Value,
+    /// Requests per minute; `None`: no limit.
+    pub rpm_limit: Option<i64>,
+    /// Tokens per minute; `None`: no limit.
+    pub tpm_limit: Option<i64>,
 }
 
 impl KeyRecord {
@@ -67,7 +75,7 @@ impl KeyRecord {
 
 macro_rules! columns {
     () => {
-        "id, name, key_prefix, created_at_ms, revoked_at_ms, role, team, models, expires_at_ms, metadata"
+        "id, name, key_prefix, created_at_ms, revoked_at_ms, role, team, models, expires_at_ms, metadata, rpm_limit, tpm_limit"
     };
 }
 
@@ -84,8 +92,10 @@ impl Store {
             models: key.models.map(<[String]>::to_vec),
             expires_at_ms: key.expires_at_ms,
             metadata: key.metadata.clone(),
+            rpm_limit: key.rpm_limit,
+            tpm_limit: key.tpm_limit,
         };
-        sqlx::query("INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at_ms, role, team, models, expires_at_ms, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at_ms, role, team, models, expires_at_ms, metadata, rpm_limit, tpm_limit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&record.id)
             .bind(&record.name)
             .bind(key.key_hash)
@@ -96,6 +106,8 @@ impl Store {
             .bind(record.models.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default()))
             .bind(record.expires_at_ms)
             .bind(record.metadata.to_string())
+            .bind(record.rpm_limit)
+            .bind(record.tpm_limit)
             .execute(&self.pool)
             .await?;
         Ok(record)
@@ -136,13 +148,21 @@ impl Store {
         if let Some(metadata) = update.metadata {
             record.metadata = metadata;
         }
-        sqlx::query("UPDATE api_keys SET name = ?, role = ?, team = ?, models = ?, expires_at_ms = ?, metadata = ? WHERE id = ?")
+        if let Some(rpm) = update.rpm_limit {
+            record.rpm_limit = rpm;
+        }
+        if let Some(tpm) = update.tpm_limit {
+            record.tpm_limit = tpm;
+        }
+        sqlx::query("UPDATE api_keys SET name = ?, role = ?, team = ?, models = ?, expires_at_ms = ?, metadata = ?, rpm_limit = ?, tpm_limit = ? WHERE id = ?")
             .bind(&record.name)
             .bind(&record.role)
             .bind(&record.team)
             .bind(record.models.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default()))
             .bind(record.expires_at_ms)
             .bind(record.metadata.to_string())
+            .bind(record.rpm_limit)
+            .bind(record.tpm_limit)
             .bind(id)
             .execute(&self.pool)
             .await?;

@@ -46,6 +46,9 @@ pub mod names {
     pub const KEYS_DISABLED: &str = "atalaya_upstream_keys_disabled_total";
     /// Rejected authentication attempts by `reason`.
     pub const AUTH_FAILURES: &str = "atalaya_auth_failures_total";
+    /// Requests refused by a key's or team's rate limit, by `kind` (requests, tokens) and
+    /// `scope` (key, team).
+    pub const RATE_LIMITED: &str = "atalaya_rate_limited_total";
     /// Audit entries that could not be written.
     pub const AUDIT_WRITE_ERRORS: &str = "atalaya_audit_write_errors_total";
 }
@@ -142,6 +145,10 @@ fn describe() {
     describe_counter!(
         RETRY_BUDGET_EXHAUSTED,
         "Retries refused because retries reached their share of requests."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused by a key's or team's rate limit, by kind and scope."
     );
     describe_counter!(
         AUDIT_WRITE_ERRORS,

@@ -12,6 +12,7 @@ mod keys;
 mod masking;
 mod messages;
 mod providers;
+mod rate_limits;
 mod request_log;
 mod roles;
 mod routing;
