@@ -120,3 +120,35 @@ async fn a_team_limit_is_shared_by_its_keys() {
     let (status, _, _) = post(&url, &outsider, &ask(10)).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn sixty_per_minute_is_a_burst_of_sixty_then_429() {
+    let server = serve(ServeOptions::default());
+    let limited = key(&server, json!({"rpm_limit": 60})).await;
+    let url = format!("{}/v1/chat/completions", server.url());
+    let mut passed = 0;
+    let mut refused = None;
+    let started = std::time::Instant::now();
+    for _ in 0..100 {
+        let (status, headers, body) = post(&url, &limited, &ask(20)).await;
+        if status == 200 {
+            passed += 1;
+            assert_eq!(headers["x-ratelimit-limit-requests"], "60");
+        } else {
+            refused = Some((status, headers, body));
+            break;
+        }
+    }
+    // The burst, plus one per second the run took (a slow machine refills as it goes).
+    let refilled = started.elapsed().as_secs() + 1;
+    assert!(
+        passed >= 60 && passed <= 60 + refilled,
+        "{passed} passed in {:?}",
+        started.elapsed()
+    );
+    let (status, headers, body) = refused.expect("a request past the burst is refused");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    // One per second: the next is due within a second.
+    assert_eq!(headers["retry-after"], "1");
+}

@@ -203,3 +203,119 @@ fn atalaya_now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// Every role against every endpoint of atalaya's API and the data plane.
+#[tokio::test]
+async fn the_permission_matrix_holds_for_every_endpoint() {
+    let server = serve(ServeOptions::default());
+    let base = server.url();
+    let mut callers: Vec<(&str, String)> = vec![("admin", ADMIN_KEY.to_owned())];
+    for role in ["operator", "developer", "viewer"] {
+        let (_, created) = create(&server, ADMIN_KEY, json!({"role": role})).await;
+        callers.push((role, created["key"].as_str().unwrap().to_owned()));
+    }
+    // (method, path, body, permission)
+    let target = |server: &Server| {
+        let server_url = server.url();
+        async move {
+            let (_, _, created) = post(
+                &format!("{server_url}/api/v1/keys"),
+                ADMIN_KEY,
+                r#"{"role": "viewer"}"#,
+            )
+            .await;
+            created["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let chat = chat_body("sim-chat", false);
+    let compare = json!({"models": ["sim-chat"], "prompt": "hi"}).to_string();
+    for (role, key) in &callers {
+        let victim = target(&server).await;
+        let endpoints: Vec<(&str, String, String, &str)> = vec![
+            (
+                "POST",
+                "/v1/chat/completions".into(),
+                chat.clone(),
+                "call_models",
+            ),
+            (
+                "POST",
+                "/v1/embeddings".into(),
+                json!({"model": "sim-embed", "input": "x"}).to_string(),
+                "call_models",
+            ),
+            ("GET", "/v1/models".into(), String::new(), "call_models"),
+            (
+                "POST",
+                "/api/v1/compare".into(),
+                compare.clone(),
+                "call_models",
+            ),
+            ("GET", "/api/v1/keys".into(), String::new(), "read"),
+            (
+                "GET",
+                format!("/api/v1/keys/{victim}"),
+                String::new(),
+                "read",
+            ),
+            ("GET", "/api/v1/logs".into(), String::new(), "read"),
+            ("GET", "/api/v1/providers".into(), String::new(), "read"),
+            ("GET", "/api/v1/models".into(), String::new(), "read"),
+            ("GET", "/api/v1/audit".into(), String::new(), "read_audit"),
+            (
+                "POST",
+                "/api/v1/keys".into(),
+                r#"{"role": "viewer"}"#.into(),
+                "manage_keys",
+            ),
+            (
+                "PATCH",
+                format!("/api/v1/keys/{victim}"),
+                r#"{"name": "renamed"}"#.into(),
+                "manage_keys",
+            ),
+            (
+                "DELETE",
+                format!("/api/v1/keys/{victim}"),
+                String::new(),
+                "manage_keys",
+            ),
+        ];
+        for (method, path, body, permission) in endpoints {
+            let allowed = match *role {
+                "admin" | "operator" => true,
+                "developer" => permission == "call_models",
+                _ => permission == "read",
+            };
+            let response = client()
+                .request(method.parse().unwrap(), format!("{base}{path}"))
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            if allowed {
+                assert!(
+                    (200..300).contains(&status),
+                    "{role} {method} {path}: {status}"
+                );
+            } else {
+                assert_eq!(status, 403, "{role} {method} {path}");
+                let answer: Value = response.json().await.unwrap();
+                assert_eq!(
+                    answer["error"]["code"], "permission_denied",
+                    "{role} {method} {path}"
+                );
+                assert!(
+                    answer["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains(permission),
+                    "{role} {method} {path}: {answer}"
+                );
+            }
+        }
+    }
+}
