@@ -221,6 +221,15 @@ pub enum KeysAction {
         /// Tokens (prompt + completion) per minute.
         #[arg(long, value_name = "N")]
         tpm_limit: Option<u64>,
+        /// Spend allowed per budget period, in USD; further requests get 429 budget_exceeded.
+        #[arg(long, value_name = "USD")]
+        budget_usd: Option<f64>,
+        /// Spend that raises an alert, in USD.
+        #[arg(long, value_name = "USD")]
+        soft_budget_usd: Option<f64>,
+        /// day or month (UTC) [default: month].
+        #[arg(long, value_name = "PERIOD")]
+        budget_period: Option<String>,
     },
     /// List keys (ids, labels, prefixes, state).
     List,

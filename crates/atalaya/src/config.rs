@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use atalaya_gateway::TeamLimits;
 use atalaya_gateway::catalog::{Catalog, Feature, ModelInfo};
 use atalaya_gateway::presets::{self, Preset};
 use atalaya_gateway::{
     AwsSettings, DeploymentSettings, GatewayConfig, ModelSettings, ProviderKind, ProviderSettings,
     RouteRule, RoutingSettings, SimSettings, Strategy, Timeouts,
 };
+use atalaya_gateway::{Budget, Period, TeamBudget, TeamLimits};
 use atalaya_resilience::{Backoff, BreakerConfig};
 use atalaya_store::LogWriterConfig;
 use atalaya_telemetry::LogFormat;
@@ -91,6 +91,12 @@ struct RawTeam {
     rpm_limit: Option<u64>,
     #[serde(default)]
     tpm_limit: Option<u64>,
+    #[serde(default)]
+    budget_usd: Option<f64>,
+    #[serde(default)]
+    soft_budget_usd: Option<f64>,
+    #[serde(default)]
+    budget_period: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -822,6 +828,7 @@ fn validate(
     }
     let routing = validate_routing(raw.routing, origins)?;
     let mut teams: Vec<TeamLimits> = Vec::new();
+    let mut team_budgets: Vec<TeamBudget> = Vec::new();
     for (index, team) in raw.teams.into_iter().enumerate() {
         if team.name.trim().is_empty() || teams.iter().any(|t| t.name == team.name) {
             return Err(error(
@@ -838,6 +845,38 @@ fn validate(
                     "must be positive (omit it for no limit)",
                 ));
             }
+        }
+        for (field, usd) in [
+            ("budget_usd", team.budget_usd),
+            ("soft_budget_usd", team.soft_budget_usd),
+        ] {
+            if usd.is_some_and(|v| !v.is_finite() || v <= 0.0) {
+                return Err(error(
+                    format!("teams[{index}].{field}"),
+                    origins,
+                    "must be a positive amount in USD (omit it for none)",
+                ));
+            }
+        }
+        let period = match team.budget_period.as_deref() {
+            None => Period::Month,
+            Some(text) => Period::parse(text).ok_or_else(|| {
+                error(
+                    format!("teams[{index}].budget_period"),
+                    origins,
+                    format!("must be `day` or `month`, not `{text}`"),
+                )
+            })?,
+        };
+        if team.budget_usd.is_some() || team.soft_budget_usd.is_some() {
+            team_budgets.push(TeamBudget {
+                name: team.name.clone(),
+                budget: Budget {
+                    limit_usd: team.budget_usd,
+                    soft_usd: team.soft_budget_usd,
+                    period,
+                },
+            });
         }
         teams.push(TeamLimits {
             name: team.name,
@@ -874,6 +913,7 @@ fn validate(
             catalog,
             routing,
             teams,
+            team_budgets,
         },
     })
 }

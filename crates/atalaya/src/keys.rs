@@ -19,6 +19,9 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             metadata,
             rpm_limit,
             tpm_limit,
+            budget_usd,
+            soft_budget_usd,
+            budget_period,
         } => {
             let mut body = serde_json::json!({ "name": name });
             if let Some(role) = role {
@@ -46,6 +49,15 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             }
             if let Some(tpm) = tpm_limit {
                 body["tpm_limit"] = (*tpm).into();
+            }
+            if let Some(usd) = budget_usd {
+                body["budget_usd"] = (*usd).into();
+            }
+            if let Some(usd) = soft_budget_usd {
+                body["soft_budget_usd"] = (*usd).into();
+            }
+            if let Some(period) = budget_period {
+                body["budget_period"] = period.clone().into();
             }
             client.post(format!("{base}/api/v1/keys")).json(&body)
         }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use atalaya_gateway::{Actor, Auditor, Gateway, KeyCache, Limits, LocalRates, Routing, Shared};
+use atalaya_gateway::{
+    Actor, Auditor, Budgets, Gateway, KeyCache, Limits, LocalRates, Routing, Shared,
+};
 use atalaya_security::{KeyHasher, is_too_open, load_or_create_secret_file};
 use atalaya_store::{Store, spawn_log_writer};
 use axum::serve::ListenerExt as _;
@@ -109,6 +111,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         keys,
         auditor,
         limits,
+        budgets: Arc::new(Budgets::new(store.clone(), &settings.gateway.team_budgets)),
         metrics: metrics.clone(),
     };
     let mut workers = Vec::new();

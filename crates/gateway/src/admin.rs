@@ -46,6 +46,12 @@ struct CreateKey {
     rpm_limit: Option<i64>,
     #[serde(default)]
     tpm_limit: Option<i64>,
+    #[serde(default)]
+    budget_usd: Option<f64>,
+    #[serde(default)]
+    soft_budget_usd: Option<f64>,
+    #[serde(default)]
+    budget_period: Option<String>,
 }
 
 /// A change to a key: absent fields stay, `null` clears `team`, `models` and `expires_at_ms`.
@@ -68,6 +74,12 @@ struct KeyPatch {
     rpm_limit: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
     tpm_limit: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    budget_usd: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    soft_budget_usd: Option<Option<f64>>,
+    #[serde(default)]
+    budget_period: Option<String>,
 }
 
 /// A field that is present (even as `null`) becomes `Some`.
@@ -161,6 +173,28 @@ fn check_limit(name: &'static str, limit: Option<i64>) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn check_budget(name: &'static str, usd: Option<f64>) -> Result<(), ApiError> {
+    if usd.is_some_and(|v| !v.is_finite() || v <= 0.0) {
+        return Err(ApiError::invalid_request(
+            "invalid_value",
+            format!("'{name}' must be a positive amount in USD (omit it, or null, for none)."),
+        )
+        .with_param(name));
+    }
+    Ok(())
+}
+
+fn check_period(period: &str) -> Result<(), ApiError> {
+    if crate::budgets::Period::parse(period).is_none() {
+        return Err(ApiError::invalid_request(
+            "invalid_value",
+            format!("'budget_period' must be `day` or `month`; got `{period}`."),
+        )
+        .with_param("budget_period"));
+    }
+    Ok(())
+}
+
 fn check_expiry(expires_at_ms: Option<i64>) -> Result<(), ApiError> {
     if expires_at_ms.is_some_and(|at| at <= atalaya_store::now_ms()) {
         return Err(ApiError::invalid_request(
@@ -229,6 +263,10 @@ async fn create(
     check_expiry(request.expires_at_ms)?;
     check_limit("rpm_limit", request.rpm_limit)?;
     check_limit("tpm_limit", request.tpm_limit)?;
+    check_budget("budget_usd", request.budget_usd)?;
+    check_budget("soft_budget_usd", request.soft_budget_usd)?;
+    let budget_period = request.budget_period.as_deref().unwrap_or("month");
+    check_period(budget_period)?;
     let key = generate_api_key();
     let hash = gateway.keys.hash(key.expose_secret());
     let prefix = display_prefix(key.expose_secret());
@@ -245,6 +283,9 @@ async fn create(
             metadata: &metadata,
             rpm_limit: request.rpm_limit,
             tpm_limit: request.tpm_limit,
+            budget_usd: request.budget_usd,
+            soft_budget_usd: request.soft_budget_usd,
+            budget_period,
         })
         .await
         .map_err(storage_error)?;
@@ -426,7 +467,15 @@ pub(crate) async fn get_key(
     Path(id): Path<String>,
 ) -> Response {
     match gateway.store.key(&id).await {
-        Ok(Some(record)) => Json(record).into_response(),
+        Ok(Some(record)) => {
+            let spend = match gateway.budgets.report(&record).await {
+                Ok(spend) => spend,
+                Err(error) => return error.into_response(),
+            };
+            let mut value = serde_json::to_value(&record).unwrap_or_default();
+            value["spend"] = serde_json::to_value(spend).unwrap_or_default();
+            Json(value).into_response()
+        }
         Ok(None) => key_not_found(&id).into_response(),
         Err(error) => storage_error(error).into_response(),
     }
@@ -483,6 +532,15 @@ async fn update(
     if let Some(tpm) = patch.tpm_limit {
         check_limit("tpm_limit", tpm)?;
     }
+    if let Some(budget) = patch.budget_usd {
+        check_budget("budget_usd", budget)?;
+    }
+    if let Some(soft) = patch.soft_budget_usd {
+        check_budget("soft_budget_usd", soft)?;
+    }
+    if let Some(period) = &patch.budget_period {
+        check_period(period)?;
+    }
     let changed: Vec<&str> = [
         ("name", patch.name.is_some()),
         ("role", role.is_some()),
@@ -492,6 +550,9 @@ async fn update(
         ("metadata", patch.metadata.is_some()),
         ("rpm_limit", patch.rpm_limit.is_some()),
         ("tpm_limit", patch.tpm_limit.is_some()),
+        ("budget_usd", patch.budget_usd.is_some()),
+        ("soft_budget_usd", patch.soft_budget_usd.is_some()),
+        ("budget_period", patch.budget_period.is_some()),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)
@@ -506,6 +567,9 @@ async fn update(
         metadata: patch.metadata,
         rpm_limit: patch.rpm_limit,
         tpm_limit: patch.tpm_limit,
+        budget_usd: patch.budget_usd,
+        soft_budget_usd: patch.soft_budget_usd,
+        budget_period: patch.budget_period,
     };
     let record = gateway
         .store

@@ -22,6 +22,8 @@ pub struct GatewayConfig {
     pub routing: RoutingSettings,
     /// Rate limits shared by every key of a team.
     pub teams: Vec<crate::limits::TeamLimits>,
+    /// Spend limits shared by every key of a team.
+    pub team_budgets: Vec<crate::budgets::TeamBudget>,
 }
 
 #[derive(Debug, Clone)]

@@ -264,6 +264,7 @@ pub(crate) async fn serve(
     if let Some(key) = exchange.key.clone() {
         let tokens =
             facts.prompt_tokens + u64::from(facts.max_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE));
+        gateway.budgets.admit(&key).await?;
         let (headers, reservation) = gateway.limits.admit(&key, tokens)?;
         exchange.reservation = reservation;
         limit_headers = Some(headers);

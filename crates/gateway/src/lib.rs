@@ -12,6 +12,7 @@
 mod admin;
 mod audit;
 mod auth;
+mod budgets;
 pub mod catalog;
 mod chat;
 mod compare;
@@ -45,6 +46,7 @@ use tokio::time::Instant;
 pub use atalaya_translate::Usage;
 pub use audit::{Actor, Auditor, link as audit_link};
 pub use auth::{KeyCache, Permission, Principal, Role};
+pub use budgets::{Budget, Budgets, Period, TeamBudget};
 pub use config::{
     AwsSettings, DeploymentSettings, GatewayConfig, ModelSettings, ProviderKind, ProviderSettings,
     RouteRule, RoutingSettings, SimSettings, Strategy, Timeouts,
@@ -65,6 +67,8 @@ pub struct Gateway {
     auditor: Arc<Auditor>,
     /// Shared by every worker: rate-limit buckets.
     limits: Arc<Limits>,
+    /// Shared by every worker: spend per key and team.
+    budgets: Arc<Budgets>,
     /// Shared by every worker: models, deployments and their health.
     routing: Arc<Routing>,
     /// This worker's HTTP clients.
@@ -106,6 +110,7 @@ pub struct Shared {
     pub keys: Arc<KeyCache>,
     pub auditor: Arc<Auditor>,
     pub limits: Arc<Limits>,
+    pub budgets: Arc<Budgets>,
     pub metrics: PrometheusHandle,
 }
 
@@ -120,6 +125,7 @@ impl Gateway {
             keys: shared.keys,
             auditor: shared.auditor,
             limits: shared.limits,
+            budgets: shared.budgets,
             routing: shared.routing,
             metrics: shared.metrics,
             max_body_bytes: config.max_body_bytes,
@@ -175,6 +181,45 @@ impl Gateway {
         auth::denied(principal, permission)
     }
 
+    /// A budget threshold was crossed: a warning, a metric and an audit entry.
+    fn budget_alert(&self, crossing: budgets::Crossing) {
+        let scope_kind = if crossing.scope.starts_with("team:") {
+            "team"
+        } else {
+            "key"
+        };
+        metrics::counter!(names::BUDGET_ALERTS, "scope" => scope_kind, "limit" => crossing.which)
+            .increment(1);
+        tracing::warn!(
+            scope = %crossing.scope,
+            limit = crossing.which,
+            spent_usd = crossing.spent,
+            limit_usd = crossing.limit,
+            "Budget {} limit reached.",
+            crossing.which
+        );
+        let auditor = self.auditor.clone();
+        tokio::spawn(async move {
+            let actor = Actor {
+                name: "server".into(),
+                source_ip: String::new(),
+            };
+            let action = if crossing.which == "soft" {
+                "budget.soft_limit"
+            } else {
+                "budget.exceeded"
+            };
+            auditor
+                .record(
+                    &actor,
+                    action,
+                    &crossing.scope,
+                    serde_json::json!({"spent_usd": crossing.spent, "limit_usd": crossing.limit}),
+                )
+                .await;
+        });
+    }
+
     /// Records a failed authentication in the audit log (rate-limited there).
     fn audit_auth_failure(&self, extensions: &axum::http::Extensions, error: &ApiError) {
         self.auditor
@@ -194,6 +239,11 @@ impl Gateway {
             (Some(info), Some(usage)) => info.cost(usage),
             _ => None,
         };
+        if let (Some(key), Some(cost)) = (&exchange.key, cost) {
+            for crossing in self.budgets.charge(key, cost) {
+                self.budget_alert(crossing);
+            }
+        }
         let status_label = status_label(status);
         // Only configured names become labels (see `Route::label`).
         let provider = exchange.provider.as_deref().unwrap_or("");

@@ -27,6 +27,9 @@ pub struct NewKey<'a> {
     pub metadata: &'a serde_json::Value,
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
+    pub budget_usd: Option<f64>,
+    pub soft_budget_usd: Option<f64>,
+    pub budget_period: &'a str,
 }
 
 /// What may change on an existing key (`None`: unchanged; `Some(None)`: cleared).
@@ -40,6 +43,9 @@ pub struct KeyUpdate {
     pub metadata: Option<serde_json::Value>,
     pub rpm_limit: Option<Option<i64>>,
     pub tpm_limit: Option<Option<i64>>,
+    pub budget_usd: Option<Option<f64>>,
+    pub soft_budget_usd: Option<Option<f64>>,
+    pub budget_period: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -61,6 +67,12 @@ pub struct KeyRecord {
     pub rpm_limit: Option<i64>,
     /// Tokens per minute; `None`: no limit.
     pub tpm_limit: Option<i64>,
+    /// Spend allowed per `budget_period` in USD; `None`: no limit.
+    pub budget_usd: Option<f64>,
+    /// Spend at which an alert is raised.
+    pub soft_budget_usd: Option<f64>,
+    /// `day` or `month` (UTC).
+    pub budget_period: String,
 }
 
 impl KeyRecord {
@@ -75,7 +87,7 @@ impl KeyRecord {
 
 macro_rules! columns {
     () => {
-        "id, name, key_prefix, created_at_ms, revoked_at_ms, role, team, models, expires_at_ms, metadata, rpm_limit, tpm_limit"
+        "id, name, key_prefix, created_at_ms, revoked_at_ms, role, team, models, expires_at_ms, metadata, rpm_limit, tpm_limit, budget_usd, soft_budget_usd, budget_period"
     };
 }
 
@@ -94,8 +106,11 @@ impl Store {
             metadata: key.metadata.clone(),
             rpm_limit: key.rpm_limit,
             tpm_limit: key.tpm_limit,
+            budget_usd: key.budget_usd,
+            soft_budget_usd: key.soft_budget_usd,
+            budget_period: key.budget_period.to_owned(),
         };
-        sqlx::query("INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at_ms, role, team, models, expires_at_ms, metadata, rpm_limit, tpm_limit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at_ms, role, team, models, expires_at_ms, metadata, rpm_limit, tpm_limit, budget_usd, soft_budget_usd, budget_period) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&record.id)
             .bind(&record.name)
             .bind(key.key_hash)
@@ -108,6 +123,9 @@ impl Store {
             .bind(record.metadata.to_string())
             .bind(record.rpm_limit)
             .bind(record.tpm_limit)
+            .bind(record.budget_usd)
+            .bind(record.soft_budget_usd)
+            .bind(&record.budget_period)
             .execute(&self.pool)
             .await?;
         Ok(record)
@@ -154,7 +172,16 @@ impl Store {
         if let Some(tpm) = update.tpm_limit {
             record.tpm_limit = tpm;
         }
-        sqlx::query("UPDATE api_keys SET name = ?, role = ?, team = ?, models = ?, expires_at_ms = ?, metadata = ?, rpm_limit = ?, tpm_limit = ? WHERE id = ?")
+        if let Some(budget) = update.budget_usd {
+            record.budget_usd = budget;
+        }
+        if let Some(soft) = update.soft_budget_usd {
+            record.soft_budget_usd = soft;
+        }
+        if let Some(period) = update.budget_period {
+            record.budget_period = period;
+        }
+        sqlx::query("UPDATE api_keys SET name = ?, role = ?, team = ?, models = ?, expires_at_ms = ?, metadata = ?, rpm_limit = ?, tpm_limit = ?, budget_usd = ?, soft_budget_usd = ?, budget_period = ? WHERE id = ?")
             .bind(&record.name)
             .bind(&record.role)
             .bind(&record.team)
@@ -163,6 +190,9 @@ impl Store {
             .bind(record.metadata.to_string())
             .bind(record.rpm_limit)
             .bind(record.tpm_limit)
+            .bind(record.budget_usd)
+            .bind(record.soft_budget_usd)
+            .bind(&record.budget_period)
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -197,5 +227,32 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
+    }
+}
+
+impl Store {
+    /// USD spent by a key since `since_ms`, from the request log.
+    pub async fn key_spend(&self, key_id: &str, since_ms: i64) -> Result<f64, StoreError> {
+        let spent: Option<f64> = sqlx::query_scalar(
+            "SELECT SUM(cost_usd) FROM request_logs WHERE key_id = ? AND created_at_ms >= ?",
+        )
+        .bind(key_id)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(spent.unwrap_or(0.0))
+    }
+
+    /// USD spent by every key of a team since `since_ms`.
+    pub async fn team_spend(&self, team: &str, since_ms: i64) -> Result<f64, StoreError> {
+        let spent: Option<f64> = sqlx::query_scalar(
+            "SELECT SUM(r.cost_usd) FROM request_logs r JOIN api_keys k ON r.key_id = k.id \
+             WHERE k.team = ? AND r.created_at_ms >= ?",
+        )
+        .bind(team)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(spent.unwrap_or(0.0))
     }
 }

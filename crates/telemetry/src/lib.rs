@@ -49,6 +49,10 @@ pub mod names {
     /// Requests refused by a key's or team's rate limit, by `kind` (requests, tokens) and
     /// `scope` (key, team).
     pub const RATE_LIMITED: &str = "atalaya_rate_limited_total";
+    /// Requests refused because a key's or team's budget was spent, by `scope`.
+    pub const BUDGET_EXCEEDED: &str = "atalaya_budget_exceeded_total";
+    /// Budget thresholds crossed (soft: alert; hard: blocking starts), by `scope` and `limit`.
+    pub const BUDGET_ALERTS: &str = "atalaya_budget_alerts_total";
     /// Audit entries that could not be written.
     pub const AUDIT_WRITE_ERRORS: &str = "atalaya_audit_write_errors_total";
 }
@@ -149,6 +153,14 @@ fn describe() {
     describe_counter!(
         RATE_LIMITED,
         "Requests refused by a key's or team's rate limit, by kind and scope."
+    );
+    describe_counter!(
+        BUDGET_EXCEEDED,
+        "Requests refused because a key's or team's budget was spent, by scope."
+    );
+    describe_counter!(
+        BUDGET_ALERTS,
+        "Budget thresholds crossed, by scope and limit (soft or hard)."
     );
     describe_counter!(
         AUDIT_WRITE_ERRORS,

@@ -417,3 +417,15 @@ pub fn file_holds(path: &Path, needle: &str) -> bool {
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
+
+/// Creates a virtual key with the admin key; the API's answer (with `key` and `id`).
+pub async fn create_key(server: &Server, body: serde_json::Value) -> Value {
+    let (status, _, created) = post(
+        &format!("{}/api/v1/keys", server.url()),
+        ADMIN_KEY,
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    created
+}

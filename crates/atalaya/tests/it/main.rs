@@ -5,6 +5,7 @@
 
 mod audit;
 mod bad_input;
+mod budgets;
 mod cli;
 mod compare;
 mod harness;

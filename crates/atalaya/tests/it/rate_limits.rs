@@ -6,14 +6,10 @@ use serde_json::{Value, json};
 use crate::harness::*;
 
 async fn key(server: &Server, body: Value) -> String {
-    let (status, _, created) = post(
-        &format!("{}/api/v1/keys", server.url()),
-        ADMIN_KEY,
-        &body.to_string(),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
-    created["key"].as_str().unwrap().to_owned()
+    create_key(server, body).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn ask(max_tokens: u32) -> String {
