@@ -14,7 +14,7 @@ use atalaya_gateway::{
     AwsSettings, DeploymentSettings, GatewayConfig, ModelSettings, ProviderKind, ProviderSettings,
     RouteRule, RoutingSettings, SimSettings, Strategy, Timeouts,
 };
-use atalaya_gateway::{Budget, Period, TeamBudget, TeamLimits};
+use atalaya_gateway::{Budget, GuardAction, GuardRule, Period, TeamBudget, TeamLimits};
 use atalaya_resilience::{Backoff, BreakerConfig};
 use atalaya_store::LogWriterConfig;
 use atalaya_telemetry::LogFormat;
@@ -81,6 +81,20 @@ struct RawConfig {
     catalog: RawCatalog,
     routing: RawRouting,
     teams: Vec<RawTeam>,
+    guardrails: Vec<RawGuardrail>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuardrail {
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    pii: Option<String>,
+    #[serde(default)]
+    injection: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -884,6 +898,27 @@ fn validate(
             tpm_limit: team.tpm_limit,
         });
     }
+    let mut guardrails = Vec::new();
+    for (index, raw) in raw.guardrails.into_iter().enumerate() {
+        let action = |field: &str, value: Option<String>| -> Result<GuardAction, ConfigError> {
+            match value.as_deref() {
+                None => Ok(GuardAction::Off),
+                Some(text) => GuardAction::parse(text).ok_or_else(|| {
+                    error(
+                        format!("guardrails[{index}].{field}"),
+                        origins,
+                        format!("must be off, log, redact or block, not `{text}`"),
+                    )
+                }),
+            }
+        };
+        guardrails.push(GuardRule {
+            pii: action("pii", raw.pii)?,
+            injection: action("injection", raw.injection)?,
+            models: raw.models,
+            keys: raw.keys,
+        });
+    }
     Ok(Settings {
         listen,
         data_dir,
@@ -914,6 +949,7 @@ fn validate(
             routing,
             teams,
             team_budgets,
+            guardrails,
         },
     })
 }

@@ -24,6 +24,8 @@ pub struct GatewayConfig {
     pub teams: Vec<crate::limits::TeamLimits>,
     /// Spend limits shared by every key of a team.
     pub team_budgets: Vec<crate::budgets::TeamBudget>,
+    /// Guardrails on prompts, first matching rule wins.
+    pub guardrails: Vec<crate::guardrails::GuardRule>,
 }
 
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@ mod compare;
 pub mod config;
 mod dispatch;
 mod error;
+mod guardrails;
 mod limits;
 mod messages;
 mod openai;
@@ -52,6 +53,7 @@ pub use config::{
     RouteRule, RoutingSettings, SimSettings, Strategy, Timeouts,
 };
 pub use error::ApiError;
+pub use guardrails::{Action as GuardAction, GuardRule};
 pub use limits::{Limits, LocalRates, RateStore, TeamLimits};
 pub use providers::{ProviderError, SIM_CHAT_MODEL, SIM_EMBED_MODEL, SIM_PROVIDER};
 pub use routing::{Routing, RoutingError};
@@ -75,6 +77,7 @@ pub struct Gateway {
     providers: Providers,
     metrics: PrometheusHandle,
     max_body_bytes: usize,
+    guardrails: Vec<GuardRule>,
     handles: std::sync::Mutex<std::collections::HashMap<HandleKey, Arc<Handles>>>,
 }
 
@@ -129,6 +132,7 @@ impl Gateway {
             routing: shared.routing,
             metrics: shared.metrics,
             max_body_bytes: config.max_body_bytes,
+            guardrails: config.guardrails.clone(),
             handles: std::sync::Mutex::default(),
         }))
     }

@@ -48,6 +48,7 @@ async fn message(
         provider: SIM_PROVIDER.to_owned(),
         drop_unsupported: true,
     };
+    let body = crate::guardrails::apply(&gateway.guardrails, exchange.key_id.as_deref(), body)?;
     let request = anthropic::decode_request(&body, &lenient)?;
     let inbound = Inbound::AnthropicChat {
         body: &body,

@@ -78,6 +78,7 @@ pub(crate) async fn chat(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let body = crate::guardrails::apply(&gateway.guardrails, exchange.key_id.as_deref(), body)?;
     let request = ChatRequest::parse(&body)?;
     let inbound = Inbound::OpenAiChat {
         body: &body,
@@ -196,6 +197,7 @@ async fn embed(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let body = crate::guardrails::apply(&gateway.guardrails, exchange.key_id.as_deref(), body)?;
     let request = EmbeddingRequest::parse(&body)?;
     let inbound = Inbound::Embeddings {
         body: &body,

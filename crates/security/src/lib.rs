@@ -6,6 +6,7 @@
 //! what. Plaintext keys exist only in the value returned to whoever created them.
 
 pub mod audit;
+pub mod guard;
 pub mod mask;
 pub mod vault;
 

@@ -53,6 +53,9 @@ pub mod names {
     pub const BUDGET_EXCEEDED: &str = "atalaya_budget_exceeded_total";
     /// Budget thresholds crossed (soft: alert; hard: blocking starts), by `scope` and `limit`.
     pub const BUDGET_ALERTS: &str = "atalaya_budget_alerts_total";
+    /// Guardrail findings in prompts, by `detector` (email, phone, card, iban, injection) and
+    /// `action` (log, redact, block).
+    pub const GUARDRAIL_HITS: &str = "atalaya_guardrail_hits_total";
     /// Audit entries that could not be written.
     pub const AUDIT_WRITE_ERRORS: &str = "atalaya_audit_write_errors_total";
 }
@@ -161,6 +164,10 @@ fn describe() {
     describe_counter!(
         BUDGET_ALERTS,
         "Budget thresholds crossed, by scope and limit (soft or hard)."
+    );
+    describe_counter!(
+        GUARDRAIL_HITS,
+        "Guardrail findings in prompts, by detector and action."
     );
     describe_counter!(
         AUDIT_WRITE_ERRORS,

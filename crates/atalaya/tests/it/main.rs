@@ -8,6 +8,7 @@ mod bad_input;
 mod budgets;
 mod cli;
 mod compare;
+mod guardrails;
 mod harness;
 mod keys;
 mod masking;
