@@ -119,8 +119,10 @@ struct RawServer {
     listen: Option<String>,
     data_dir: Option<String>,
     max_body_bytes: Option<u64>,
+    max_header_bytes: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     worker_threads: Option<u64>,
+    cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -635,6 +637,30 @@ fn validate(
             "must be greater than 0",
         ));
     }
+    let max_header_bytes = raw.server.max_header_bytes.unwrap_or(64 * 1024);
+    if max_header_bytes < 1024 {
+        return Err(error(
+            "server.max_header_bytes",
+            origins,
+            "must be at least 1024",
+        ));
+    }
+    for (index, origin) in raw.server.cors_origins.iter().enumerate() {
+        let valid = origin == "*"
+            || (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/')
+                && axum::http::HeaderValue::from_str(origin).is_ok();
+        if !valid {
+            return Err(error(
+                format!("server.cors_origins[{index}]"),
+                origins,
+                format!(
+                    "`{origin}` is not an origin: use scheme://host[:port] without a path, or \"*\""
+                ),
+            ));
+        }
+    }
+    let cors_origins = raw.server.cors_origins.clone();
     let log_format = match raw.telemetry.log_format.as_deref().unwrap_or("pretty") {
         "pretty" => LogFormat::Pretty,
         "json" => LogFormat::Json,
@@ -942,6 +968,8 @@ fn validate(
         request_log,
         gateway: GatewayConfig {
             max_body_bytes: max_body_bytes as usize,
+            max_header_bytes: max_header_bytes as usize,
+            cors_origins,
             sim,
             providers,
             models,

@@ -14,6 +14,10 @@ use crate::catalog::Catalog;
 pub struct GatewayConfig {
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Requests whose headers together are larger get 431.
+    pub max_header_bytes: usize,
+    /// Origins browsers may call from (CORS); empty: CORS off. `*` allows any.
+    pub cors_origins: Vec<String>,
     /// The built-in simulated provider, when on.
     pub sim: Option<SimSettings>,
     pub providers: Vec<ProviderSettings>,

@@ -77,6 +77,8 @@ pub struct Gateway {
     providers: Providers,
     metrics: PrometheusHandle,
     max_body_bytes: usize,
+    max_header_bytes: usize,
+    cors_origins: Vec<String>,
     guardrails: Vec<GuardRule>,
     handles: std::sync::Mutex<std::collections::HashMap<HandleKey, Arc<Handles>>>,
 }
@@ -132,6 +134,8 @@ impl Gateway {
             routing: shared.routing,
             metrics: shared.metrics,
             max_body_bytes: config.max_body_bytes,
+            max_header_bytes: config.max_header_bytes,
+            cors_origins: config.cors_origins.clone(),
             guardrails: config.guardrails.clone(),
             handles: std::sync::Mutex::default(),
         }))
@@ -511,7 +515,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         Router::new().route("/api/v1/compare", post(compare::compare)),
         auth::Permission::CallModels,
     );
-    Router::new()
+    let router = Router::new()
         .merge(data_plane)
         .merge(manage_keys)
         .merge(read)
@@ -523,8 +527,61 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/v1/metrics", get(render_metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(gateway.max_body_bytes))
-        .layer(middleware::from_fn(request_context))
-        .with_state(gateway)
+        .layer(middleware::from_fn_with_state(
+            gateway.max_header_bytes,
+            request_context,
+        ));
+    // Outermost, so browsers' preflight requests are answered before authentication.
+    let router = match cors(&gateway.cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(gateway)
+}
+
+/// The CORS layer for these origins; `None` (CORS off) when there are none.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::Method;
+    use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    let exposed = [
+        "x-request-id",
+        "x-atalaya-deployment",
+        "x-atalaya-attempts",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+        "retry-after",
+    ]
+    .map(header::HeaderName::from_static);
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers(exposed)
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 fn endpoint_label(path: &str) -> &'static str {
@@ -551,8 +608,28 @@ fn request_id(request: &Request) -> Arc<str> {
         .unwrap_or_else(|| Arc::from(format!("req_{}", uuid::Uuid::now_v7().simple())))
 }
 
-/// Outermost layer: request id in, `x-request-id` out, on every response.
-async fn request_context(mut request: Request, next: Next) -> Response {
+/// Outermost layer: request id in, `x-request-id` out, on every response; headers larger
+/// than `max_header_bytes` together are refused with 431.
+async fn request_context(
+    State(max_header_bytes): State<usize>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > max_header_bytes {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request_headers_too_large",
+            format!(
+                "The request's headers take {header_bytes} bytes, more than the {max_header_bytes}-byte limit (server.max_header_bytes)."
+            ),
+        )
+        .into_response();
+    }
     let context = RequestContext {
         id: request_id(&request),
         started: Instant::now(),

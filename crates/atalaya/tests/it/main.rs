@@ -19,5 +19,6 @@ mod request_log;
 mod roles;
 mod routing;
 mod sim;
+mod transport;
 mod upstream;
 mod vault;
