@@ -3,17 +3,26 @@
 
 use crate::harness::*;
 
-#[tokio::test]
-async fn cors_is_off_by_default_and_answers_only_configured_origins() {
-    let plain = serve(ServeOptions::default());
-    let response = client()
-        .post(format!("{}/v1/chat/completions", plain.url()))
+/// A chat request with the admin key from a browser at `origin`.
+async fn from_origin(url: &str, origin: &str) -> reqwest::Response {
+    client()
+        .post(url)
         .bearer_auth(ADMIN_KEY)
-        .header("origin", "https://app.example.com")
+        .header("origin", origin)
         .body(chat_body("sim-chat", false))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_answers_only_configured_origins() {
+    let plain = serve(ServeOptions::default());
+    let response = from_origin(
+        &format!("{}/v1/chat/completions", plain.url()),
+        "https://app.example.com",
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert!(
         !response
@@ -57,14 +66,7 @@ async fn cors_is_off_by_default_and_answers_only_configured_origins() {
             .contains("authorization")
     );
     // The call itself exposes the headers a client reads.
-    let response = client()
-        .post(&url)
-        .bearer_auth(ADMIN_KEY)
-        .header("origin", "https://app.example.com")
-        .body(chat_body("sim-chat", false))
-        .send()
-        .await
-        .unwrap();
+    let response = from_origin(&url, "https://app.example.com").await;
     assert_eq!(
         response.headers()["access-control-allow-origin"],
         "https://app.example.com"
@@ -76,14 +78,7 @@ async fn cors_is_off_by_default_and_answers_only_configured_origins() {
             .contains("x-request-id")
     );
     // Another origin gets nothing to go on.
-    let response = client()
-        .post(&url)
-        .bearer_auth(ADMIN_KEY)
-        .header("origin", "https://evil.example.net")
-        .body(chat_body("sim-chat", false))
-        .send()
-        .await
-        .unwrap();
+    let response = from_origin(&url, "https://evil.example.net").await;
     assert!(
         !response
             .headers()
