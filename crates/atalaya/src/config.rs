@@ -123,6 +123,8 @@ struct RawServer {
     shutdown_grace_ms: Option<u64>,
     worker_threads: Option<u64>,
     cors_origins: Vec<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -310,6 +312,8 @@ pub struct Settings {
     pub log_level: String,
     pub request_log: LogWriterConfig,
     pub gateway: GatewayConfig,
+    /// PEM certificate chain and private key: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Overrides from the command line, applied last.
@@ -661,6 +665,36 @@ fn validate(
         }
     }
     let cors_origins = raw.server.cors_origins.clone();
+    let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+    let tls = match (&set(&raw.server.tls_cert), &set(&raw.server.tls_key)) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            for (field, path) in [("server.tls_cert", cert), ("server.tls_key", key)] {
+                if !Path::new(path).is_file() {
+                    return Err(error(
+                        field,
+                        origins,
+                        format!("`{path}` is not a readable file"),
+                    ));
+                }
+            }
+            Some((PathBuf::from(cert), PathBuf::from(key)))
+        }
+        (Some(_), None) => {
+            return Err(error(
+                "server.tls_key",
+                origins,
+                "is needed with server.tls_cert",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(error(
+                "server.tls_cert",
+                origins,
+                "is needed with server.tls_key",
+            ));
+        }
+    };
     let log_format = match raw.telemetry.log_format.as_deref().unwrap_or("pretty") {
         "pretty" => LogFormat::Pretty,
         "json" => LogFormat::Json,
@@ -966,6 +1000,7 @@ fn validate(
         log_format,
         log_level,
         request_log,
+        tls,
         gateway: GatewayConfig {
             max_body_bytes: max_body_bytes as usize,
             max_header_bytes: max_header_bytes as usize,

@@ -10,6 +10,7 @@ mod keys;
 mod mock;
 mod providers;
 mod serve;
+mod tls;
 mod vault;
 
 use std::process::ExitCode;

@@ -104,6 +104,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::new(LocalRates::default()),
         &settings.gateway.teams,
     ));
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let shared = Shared {
         routing,
         store: store.clone(),
@@ -122,12 +127,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 tracing::info!(provider = %provider.name, source = %provider.source, "Provider enabled.");
             }
         }
-        workers.push(spawn_worker(index, listener, gateway, shutdown.clone())?);
+        workers.push(spawn_worker(
+            index,
+            listener,
+            gateway,
+            tls.clone(),
+            shutdown.clone(),
+        )?);
     }
     // Only the workers hold the log writer now: when they stop, it drains and ends.
     drop(shared);
     drop(log_writer);
-    tracing::info!(%address, workers = workers.len(), data_dir = %settings.data_dir.display(), "Listening on http://{address}.");
+    tracing::info!(%address, workers = workers.len(), data_dir = %settings.data_dir.display(), "Listening on {scheme}://{address}.");
 
     tokio::select! {
         () = shutdown_signal() => tracing::info!("Shutting down: draining connections."),
@@ -171,6 +182,7 @@ fn spawn_worker(
     index: usize,
     listener: std::net::TcpListener,
     gateway: Arc<Gateway>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Worker> {
     let (done_sender, done) = tokio::sync::oneshot::channel();
@@ -181,7 +193,7 @@ fn spawn_worker(
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(serve_worker(listener, gateway, shutdown.clone())));
+                .and_then(|runtime| runtime.block_on(serve_worker(listener, gateway, tls, shutdown.clone())));
             if let Err(error) = result {
                 tracing::error!(worker = index, error = %format!("{error:#}"), "HTTP worker failed.");
                 shutdown.cancel();
@@ -195,17 +207,33 @@ fn spawn_worker(
 async fn serve_worker(
     listener: std::net::TcpListener,
     gateway: Arc<Gateway>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     // Connection addresses go with each request: the audit log records the source IP.
-    let app = atalaya_gateway::router(gateway).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("serving")
+    let router = atalaya_gateway::router(gateway);
+    match tls {
+        Some(acceptor) => {
+            let app = router
+                .layer(axum::middleware::map_request(crate::tls::peer_address))
+                .into_make_service_with_connect_info::<crate::tls::TlsPeer>();
+            axum::serve(crate::tls::TlsListener::new(listener, acceptor)?, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .context("serving")
+        }
+        None => {
+            let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .context("serving")
+        }
+    }
 }
 
 fn reuseport_listener(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {

@@ -79,17 +79,18 @@ fn start(mut command: Command, env: &[(&str, String)]) -> Process {
         let mut sender = Some(sender);
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            const MARK: &str = "Listening on http://";
+            const MARK: &str = "Listening on http";
             if let (Some(at), Some(sender)) = (line.find(MARK), sender.as_ref()) {
-                // "Listening on http://127.0.0.1:PORT. address=..."
+                // "Listening on http://127.0.0.1:PORT. address=..." (or https://)
                 let rest = &line[at + MARK.len()..];
+                let rest = rest.trim_start_matches('s').trim_start_matches("://");
                 let address: String = rest
                     .chars()
                     .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                     .collect();
                 let _ = sender.send(address.trim_end_matches('.').to_owned());
             }
-            if line.contains("Listening on http://") {
+            if line.contains(MARK) {
                 sender = None;
             }
             let mut sink = sink.lock().unwrap();

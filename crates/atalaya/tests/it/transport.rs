@@ -115,3 +115,150 @@ async fn response_ok(server: &Server) -> bool {
     .await;
     status == 200
 }
+
+/// A test CA and a certificate for 127.0.0.1 signed by it (with the `openssl` command):
+/// (CA certificate, server certificate, server key).
+fn test_certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let path = |name: &str| dir.join(name);
+    std::fs::write(
+        path("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: Vec<Vec<String>> = vec![
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=atalaya test CA", "-keyout"],
+        ]
+        .concat()
+        .into_iter()
+        .map(str::to_owned)
+        .chain([
+            path("ca.key").display().to_string(),
+            "-out".into(),
+            path("ca.pem").display().to_string(),
+        ])
+        .collect(),
+        [&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout"]]
+            .concat()
+            .into_iter()
+            .map(str::to_owned)
+            .chain([
+                path("key.pem").display().to_string(),
+                "-out".into(),
+                path("leaf.csr").display().to_string(),
+            ])
+            .collect(),
+        ["x509", "-req", "-days", "2", "-CAcreateserial", "-in"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([
+                path("leaf.csr").display().to_string(),
+                "-CA".into(),
+                path("ca.pem").display().to_string(),
+                "-CAkey".into(),
+                path("ca.key").display().to_string(),
+                "-extfile".into(),
+                path("leaf.ext").display().to_string(),
+                "-out".into(),
+                path("cert.pem").display().to_string(),
+            ])
+            .collect(),
+    ];
+    for args in steps {
+        let status = std::process::Command::new("openssl")
+            .args(&args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("the openssl command makes the test certificates");
+        assert!(status.success(), "openssl {args:?}");
+    }
+    (path("ca.pem"), path("cert.pem"), path("key.pem"))
+}
+
+#[tokio::test]
+async fn tls_serves_https_with_the_configured_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(certs.path());
+    let server = serve(ServeOptions {
+        config: &format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        ..ServeOptions::default()
+    });
+    assert!(server.process.output().contains("Listening on https://"));
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .build()
+        .unwrap();
+    let url = format!("https://{}/v1/chat/completions", server.process.address);
+    let response = https
+        .post(&url)
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body(chat_body("sim-chat", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Plain HTTP on the TLS port gets nowhere.
+    assert!(
+        client()
+            .post(format!(
+                "http://{}/v1/chat/completions",
+                server.process.address
+            ))
+            .send()
+            .await
+            .is_err()
+    );
+    // The audit log still learns the client's address over TLS.
+    let response = https
+        .get(format!("https://{}/api/v1/keys", server.process.address))
+        .bearer_auth("sk-atl-wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let audit = eventually(std::time::Duration::from_secs(5), || async {
+        let response = https
+            .get(format!("https://{}/api/v1/audit", server.process.address))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let page: serde_json::Value = response.json().await.unwrap();
+        (!page["data"].as_array().unwrap().is_empty()).then_some(page)
+    })
+    .await;
+    assert_eq!(audit["data"][0]["source_ip"], "127.0.0.1");
+}
+
+#[test]
+fn a_half_tls_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("atalaya.toml");
+    std::fs::write(&config, "[server]\ntls_cert = \"/nonexistent.pem\"\n").unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("server.tls_key"));
+}
