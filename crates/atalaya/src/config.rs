@@ -294,6 +294,8 @@ struct RawRule {
     #[serde(default)]
     keys: Vec<String>,
     #[serde(default)]
+    teams: Vec<String>,
+    #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
@@ -1106,6 +1108,7 @@ fn validate_routing(raw: RawRouting, origins: &Origins) -> Result<RoutingSetting
         rules.push(RouteRule {
             models: rule.models,
             keys: rule.keys,
+            teams: rule.teams,
             headers,
             metadata: rule.metadata.into_iter().collect(),
             route_to: rule.route_to,

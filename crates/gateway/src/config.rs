@@ -215,6 +215,8 @@ pub struct RouteRule {
     /// Requested models it applies to; empty for all.
     pub models: Vec<String>,
     /// Key ids (`key_...`); empty for any caller.
+    /// Teams of the calling key; empty for any.
+    pub teams: Vec<String>,
     pub keys: Vec<String>,
     /// Request headers that must have these values.
     pub headers: Vec<(HeaderName, String)>,

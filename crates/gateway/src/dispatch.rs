@@ -254,7 +254,7 @@ pub(crate) async fn serve(
         requested.to_owned()
     } else {
         routing
-            .rewrite(requested, exchange.key_id.as_deref(), headers, &metadata)
+            .rewrite(requested, exchange.key.as_deref(), headers, &metadata)
             .unwrap_or(requested)
             .to_owned()
     };

@@ -822,14 +822,14 @@ impl Routing {
     pub(crate) fn rewrite(
         &self,
         model: &str,
-        key_id: Option<&str>,
+        key: Option<&atalaya_store::KeyRecord>,
         headers: &HeaderMap,
         metadata: &[(String, String)],
     ) -> Option<&str> {
         self.settings
             .rules
             .iter()
-            .find(|rule| rule_matches(rule, model, key_id, headers, metadata))
+            .find(|rule| rule_matches(rule, model, key, headers, metadata))
             .map(|rule| rule.route_to.as_str())
     }
 
@@ -844,12 +844,16 @@ impl Routing {
 fn rule_matches(
     rule: &RouteRule,
     model: &str,
-    key_id: Option<&str>,
+    key: Option<&atalaya_store::KeyRecord>,
     headers: &HeaderMap,
     metadata: &[(String, String)],
 ) -> bool {
     (rule.models.is_empty() || rule.models.iter().any(|m| m == model))
-        && (rule.keys.is_empty() || key_id.is_some_and(|id| rule.keys.iter().any(|k| k == id)))
+        && (rule.keys.is_empty() || key.is_some_and(|key| rule.keys.contains(&key.id.0)))
+        && (rule.teams.is_empty()
+            || key
+                .and_then(|key| key.team.as_ref())
+                .is_some_and(|team| rule.teams.contains(team)))
         && rule.headers.iter().all(|(name, value)| {
             headers
                 .get(name)

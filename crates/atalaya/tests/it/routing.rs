@@ -304,7 +304,8 @@ async fn fallbacks_rules_and_context_overflow_choose_other_models() {
         &mocks,
         models,
         "[[routing.rules]]\nmodels = [\"smart\"]\nheaders = { \"x-tier\" = \"free\" }\nroute_to = \"long\"\n\n\
-         [[routing.rules]]\nmetadata = { \"tier\" = \"batch\" }\nroute_to = \"long\"\n",
+         [[routing.rules]]\nmetadata = { \"tier\" = \"batch\" }\nroute_to = \"long\"\n\n\
+         [[routing.rules]]\nteams = [\"interns\"]\nroute_to = \"long\"\n",
     );
     let url = format!("{}/v1/chat/completions", server.url());
     let (status, headers, _) = post(&url, ADMIN_KEY, &ask("smart", false)).await;
@@ -344,10 +345,18 @@ async fn fallbacks_rules_and_context_overflow_choose_other_models() {
         headers["x-atalaya-deployment"], "p2/gpt-4.1",
         "the rule on request metadata"
     );
+    let intern = create_key(&server, json!({"team": "interns"})).await;
+    let (status, headers, _) =
+        post(&url, intern["key"].as_str().unwrap(), &ask("cheap", false)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers["x-atalaya-deployment"], "p2/gpt-4.1",
+        "the rule on the key's team"
+    );
 
     let rows = eventually(Duration::from_secs(5), || async {
         let rows = log_rows(&server).await;
-        (rows.len() >= 4).then_some(rows)
+        (rows.len() >= 5).then_some(rows)
     })
     .await;
     let fallback = rows
