@@ -45,7 +45,8 @@ pub fn cli_auditor(
 }
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
-    let (env, settings) = config::load_local(args.config.clone(), args.data_dir.clone())?;
+    let (env, settings) =
+        config::load_local(args.local.config.clone(), args.local.data_dir.clone())?;
     let key = chain_key(&env, &settings.data_dir)?;
     match args.action {
         AuditAction::Verify { file: Some(file) } => {

@@ -247,12 +247,8 @@ pub enum KeysAction {
 pub struct SecretsArgs {
     #[command(subcommand)]
     pub action: SecretsAction,
-    /// Config file [default: ./atalaya.toml if it exists] (for the database location).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Data directory [default: ./atalaya-data].
-    #[arg(long, global = true, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub local: Local,
 }
 
 #[derive(Subcommand)]
@@ -284,12 +280,8 @@ pub enum SecretsAction {
 pub struct AuditArgs {
     #[command(subcommand)]
     pub action: AuditAction,
-    /// Config file [default: ./atalaya.toml if it exists] (for the database location).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Data directory [default: ./atalaya-data].
-    #[arg(long, global = true, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub local: Local,
 }
 
 #[derive(Subcommand)]
@@ -306,4 +298,15 @@ pub enum AuditAction {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+}
+
+/// Where a command that works on the data directory directly finds it.
+#[derive(Args)]
+pub struct Local {
+    /// Config file [default: ./atalaya.toml if it exists] (for the database location).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./atalaya-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }

@@ -125,7 +125,8 @@ pub fn resolve_references(
 
 /// `atalaya secrets ...`: works on the database directly, with the master key.
 pub async fn run(args: SecretsArgs) -> anyhow::Result<()> {
-    let (env, settings) = config::load_local(args.config.clone(), args.data_dir.clone())?;
+    let (env, settings) =
+        config::load_local(args.local.config.clone(), args.local.data_dir.clone())?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let store = Store::connect(&settings.database_url)

@@ -234,13 +234,15 @@ impl Budgets {
     /// Adds a recorded request's cost; returns the soft or hard limits it just crossed.
     pub(crate) fn charge(&self, key: &KeyRecord, cost: f64) -> Vec<Crossing> {
         let mut crossings = Vec::new();
-        if cost <= 0.0 {
+        // Most keys have no budget: they never take the lock shared by every worker.
+        let scopes = self.scopes(key);
+        if cost <= 0.0 || scopes.is_empty() {
             return crossings;
         }
         let Ok(mut spends) = self.spends.lock() else {
             return crossings;
         };
-        for (scope, budget) in self.scopes(key) {
+        for (scope, budget) in scopes {
             let (start, _) = budget.period.bounds(now_ms());
             // Not loaded yet: the next admission reads the log, which will hold this cost.
             let Some(spend) = spends.get_mut(&scope).filter(|s| s.period_start == start) else {
