@@ -16,7 +16,7 @@ use atalaya_gateway::{
 };
 use atalaya_gateway::{Budget, GuardAction, GuardRule, Period, TeamBudget, TeamLimits};
 use atalaya_resilience::{Backoff, BreakerConfig};
-use atalaya_store::LogWriterConfig;
+use atalaya_store::{LogWriterConfig, Retention, UpkeepConfig};
 use atalaya_telemetry::LogFormat;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -75,6 +75,8 @@ struct RawConfig {
     database: RawDatabase,
     telemetry: RawTelemetry,
     request_log: RawRequestLog,
+    analytics: RawAnalytics,
+    retention: RawRetention,
     sim: RawSim,
     providers: Vec<RawProvider>,
     models: Vec<RawModel>,
@@ -146,6 +148,21 @@ struct RawRequestLog {
     batch_size: Option<u64>,
     flush_interval_ms: Option<u64>,
     buffer_rows: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAnalytics {
+    rollup_interval_ms: Option<u64>,
+}
+
+/// Days to keep each kind of record; 0 keeps it forever.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetention {
+    request_logs_days: Option<u64>,
+    rollups_days: Option<u64>,
+    interval_minutes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -313,6 +330,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub request_log: LogWriterConfig,
+    /// Analytics roll-ups and retention clean-up.
+    pub upkeep: UpkeepConfig,
     pub gateway: GatewayConfig,
     /// PEM certificate chain and private key: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -735,6 +754,7 @@ fn validate(
         )? as usize,
         drain_timeout: defaults.drain_timeout,
     };
+    let upkeep = upkeep_settings(&raw.analytics, &raw.retention, origins)?;
 
     let catalog = build_catalog(raw.catalog, origins)?;
     let mut providers = Vec::new();
@@ -1002,6 +1022,7 @@ fn validate(
         log_format,
         log_level,
         request_log,
+        upkeep,
         tls,
         gateway: GatewayConfig {
             max_body_bytes: max_body_bytes as usize,
@@ -1280,6 +1301,52 @@ fn ollama_url(host: &str) -> String {
     } else {
         format!("http://{host}/v1")
     }
+}
+
+fn upkeep_settings(
+    analytics: &RawAnalytics,
+    retention: &RawRetention,
+    origins: &Origins,
+) -> Result<UpkeepConfig, ConfigError> {
+    let defaults = UpkeepConfig::default();
+    let days = |value: Option<u64>, default: Option<Duration>, key: &str| match value {
+        None => Ok(default),
+        Some(0) => Ok(None),
+        Some(days) if days > 100 * 365 => Err(error(
+            key,
+            origins,
+            "must be at most 36500 (0 keeps forever)",
+        )),
+        Some(days) => Ok(Some(Duration::from_secs(days * 86_400))),
+    };
+    Ok(UpkeepConfig {
+        rollup_interval: Duration::from_millis(positive(
+            analytics.rollup_interval_ms,
+            defaults.rollup_interval.as_millis() as u64,
+            "analytics.rollup_interval_ms",
+            origins,
+        )?),
+        retention_interval: Duration::from_secs(
+            60 * positive(
+                retention.interval_minutes,
+                defaults.retention_interval.as_secs() / 60,
+                "retention.interval_minutes",
+                origins,
+            )?,
+        ),
+        retention: Retention {
+            request_logs: days(
+                retention.request_logs_days,
+                defaults.retention.request_logs,
+                "retention.request_logs_days",
+            )?,
+            rollups: days(
+                retention.rollups_days,
+                defaults.retention.rollups,
+                "retention.rollups_days",
+            )?,
+        },
+    })
 }
 
 fn positive(

@@ -10,7 +10,7 @@ use atalaya_gateway::{
     Actor, Auditor, Budgets, Gateway, KeyCache, Limits, LocalRates, Routing, Shared,
 };
 use atalaya_security::{KeyHasher, is_too_open, load_or_create_secret_file};
-use atalaya_store::{Store, spawn_log_writer};
+use atalaya_store::{Store, spawn_log_writer, spawn_upkeep};
 use axum::serve::ListenerExt as _;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +86,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let log_writer = spawn_log_writer(
         store.clone(),
         settings.request_log.clone(),
+        &tracker,
+        shutdown.clone(),
+    );
+    spawn_upkeep(
+        store.clone(),
+        settings.upkeep.clone(),
         &tracker,
         shutdown.clone(),
     );

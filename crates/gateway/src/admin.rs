@@ -18,7 +18,7 @@ use crate::audit::Actor;
 use crate::auth::Role;
 use crate::error::ApiError;
 
-fn storage_error(error: atalaya_store::StoreError) -> ApiError {
+pub(crate) fn storage_error(error: atalaya_store::StoreError) -> ApiError {
     tracing::error!(error = %crate::providers::error_chain(&error), "Storage call failed.");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

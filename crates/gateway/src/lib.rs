@@ -10,6 +10,7 @@
 //! hands it a validated `GatewayConfig`.
 
 mod admin;
+mod analytics;
 mod audit;
 mod auth;
 mod budgets;
@@ -285,6 +286,7 @@ impl Gateway {
             request_id: context.id.to_string(),
             created_at_ms: context.started_at_ms,
             key_id: exchange.key_id.clone(),
+            team: exchange.key.as_ref().and_then(|key| key.team.clone()),
             endpoint: endpoint.to_owned(),
             model: exchange.model.clone(),
             provider: exchange.provider.as_deref().map(str::to_owned),
@@ -504,7 +506,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             .route("/api/v1/keys/{id}", get(admin::get_key))
             .route("/api/v1/logs", get(admin::list_logs))
             .route("/api/v1/providers", get(admin::list_providers))
-            .route("/api/v1/models", get(admin::list_models)),
+            .route("/api/v1/models", get(admin::list_models))
+            .route("/api/v1/analytics/summary", get(analytics::summary))
+            .route("/api/v1/analytics/timeseries", get(analytics::timeseries))
+            .route("/api/v1/analytics/breakdown", get(analytics::breakdown)),
         auth::Permission::Read,
     );
     let audit = guarded(

@@ -5,11 +5,13 @@
 //! crate's business (SQLite today, PostgreSQL added behind the same methods). The store
 //! knows nothing of HTTP, hashing or routing.
 
+mod analytics;
 mod audit;
 mod keys;
 mod log_writer;
 mod request_log;
 mod secrets;
+mod upkeep;
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -19,11 +21,16 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use analytics::{
+    Aggregate, AnalyticsFilter, Dimension, GroupKey, Grouping, HOUR_MS, Histogram, Percentiles,
+    Stats,
+};
 pub use audit::{AuditRow, NewAuditEntry};
 pub use keys::{KeyId, KeyRecord, KeyUpdate, NewKey};
 pub use log_writer::{LogWriter, LogWriterConfig, spawn_log_writer};
 pub use request_log::{LogPage, LogQuery, RequestLogRow};
 pub use secrets::{SecretInfo, SecretRow};
+pub use upkeep::{Deleted, Retention, UpkeepConfig, spawn_upkeep};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -15,6 +15,9 @@ pub struct RequestLogRow {
     pub request_id: String,
     pub created_at_ms: i64,
     pub key_id: Option<String>,
+    /// The calling key's team, if it has one.
+    #[sqlx(default)]
+    pub team: Option<String>,
     pub endpoint: String,
     pub model: Option<String>,
     pub provider: Option<String>,
@@ -61,13 +64,13 @@ pub struct LogPage {
 
 macro_rules! columns {
     () => {
-        "seq, request_id, created_at_ms, key_id, endpoint, model, provider, upstream_model, \
+        "seq, request_id, created_at_ms, key_id, team, endpoint, model, provider, upstream_model, \
          stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cached_tokens, \
          usage_estimated, cost_usd, deployment, attempts, retries, fallback_path, error"
     };
 }
 
-/// Rows per insert statement, largest first (21 binds a row; SQLite allows 32,766).
+/// Rows per insert statement, largest first (22 binds a row; SQLite allows 32,766).
 const BATCH_SIZES: [usize; 4] = [256, 32, 4, 1];
 
 impl Store {
@@ -92,7 +95,7 @@ impl Store {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
             let mut builder = QueryBuilder::new(
-                "INSERT INTO request_logs (request_id, created_at_ms, key_id, endpoint, model, provider, \
+                "INSERT INTO request_logs (request_id, created_at_ms, key_id, team, endpoint, model, provider, \
                  upstream_model, stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, \
                  cached_tokens, usage_estimated, cost_usd, deployment, attempts, retries, \
                  fallback_path, error) ",
@@ -102,6 +105,7 @@ impl Store {
                     .push_bind(&row.request_id)
                     .push_bind(row.created_at_ms)
                     .push_bind(&row.key_id)
+                    .push_bind(&row.team)
                     .push_bind(&row.endpoint)
                     .push_bind(&row.model)
                     .push_bind(&row.provider)

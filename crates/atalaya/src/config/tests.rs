@@ -204,6 +204,8 @@ fn the_example_file_loads_and_documents_every_key() {
         "[database]\n__probe = 1",
         "[telemetry]\n__probe = 1",
         "[request_log]\n__probe = 1",
+        "[analytics]\n__probe = 1",
+        "[retention]\n__probe = 1",
         "[sim]\n__probe = 1",
         "[[providers]]\nname = \"x\"\ntype = \"openai\"\n__probe = 1",
         "[[models]]\nname = \"x\"\nprovider = \"p\"\nmodel = \"m\"\n__probe = 1",
@@ -229,5 +231,38 @@ fn the_example_file_loads_and_documents_every_key() {
                 "atalaya.example.toml does not document `{key}` (probe: {probe})"
             );
         }
+    }
+}
+
+#[test]
+fn retention_days_of_zero_keep_forever_and_bad_values_name_the_key() {
+    let (_dir, flags) = with_file(
+        "[retention]\nrequest_logs_days = 0\nrollups_days = 7\ninterval_minutes = 5\n[analytics]\nrollup_interval_ms = 250\n",
+    );
+    let settings = load(&flags, &Env::new()).unwrap();
+    assert_eq!(settings.upkeep.retention.request_logs, None);
+    assert_eq!(
+        settings.upkeep.retention.rollups,
+        Some(std::time::Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(settings.upkeep.retention_interval.as_secs(), 300);
+    assert_eq!(settings.upkeep.rollup_interval.as_millis(), 250);
+    for (text, key) in [
+        (
+            "[retention]\nrollups_days = 99999\n",
+            "retention.rollups_days",
+        ),
+        (
+            "[retention]\ninterval_minutes = 0\n",
+            "retention.interval_minutes",
+        ),
+        (
+            "[analytics]\nrollup_interval_ms = 0\n",
+            "analytics.rollup_interval_ms",
+        ),
+        ("[retention]\nerrors = 3\n", "errors"),
+    ] {
+        let message = load_err(text, &[]);
+        assert!(message.contains(key), "{text}: {message}");
     }
 }

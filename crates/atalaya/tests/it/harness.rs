@@ -79,8 +79,16 @@ fn start(mut command: Command, env: &[(&str, String)]) -> Process {
         let mut sender = Some(sender);
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            // Into the output first: a caller woken by the address may read it at once.
+            {
+                let mut sink = sink.lock().unwrap();
+                sink.push_str(&line);
+                sink.push('\n');
+            }
             const MARK: &str = "Listening on http";
-            if let (Some(at), Some(sender)) = (line.find(MARK), sender.as_ref()) {
+            if let Some(at) = line.find(MARK)
+                && let Some(sender) = sender.take()
+            {
                 // "Listening on http://127.0.0.1:PORT. address=..." (or https://)
                 let rest = &line[at + MARK.len()..];
                 let rest = rest.trim_start_matches('s').trim_start_matches("://");
@@ -90,12 +98,6 @@ fn start(mut command: Command, env: &[(&str, String)]) -> Process {
                     .collect();
                 let _ = sender.send(address.trim_end_matches('.').to_owned());
             }
-            if line.contains(MARK) {
-                sender = None;
-            }
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(&line);
-            sink.push('\n');
         }
     });
     match receiver.recv_timeout(Duration::from_secs(60)) {

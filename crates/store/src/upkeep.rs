@@ -1,0 +1,169 @@
+//! Background upkeep: folds new request-log rows into the analytics rollups and deletes what
+//! is older than the retention settings.
+//!
+//! Deletions run in chunks of a few thousand rows, each its own short transaction, so the
+//! request-log writer never waits long behind a clean-up.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{Store, StoreError, now_ms};
+
+/// How long each kind of record is kept; `None` keeps it forever.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    pub request_logs: Option<Duration>,
+    pub rollups: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Retention {
+            request_logs: Some(Duration::from_secs(30 * DAY)),
+            rollups: Some(Duration::from_secs(400 * DAY)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpkeepConfig {
+    /// How often new request-log rows are folded into the rollups.
+    pub rollup_interval: Duration,
+    /// How often the retention clean-up runs.
+    pub retention_interval: Duration,
+    pub retention: Retention,
+}
+
+impl Default for UpkeepConfig {
+    fn default() -> Self {
+        UpkeepConfig {
+            rollup_interval: Duration::from_secs(5),
+            retention_interval: Duration::from_secs(3600),
+            retention: Retention::default(),
+        }
+    }
+}
+
+/// Rows deleted per statement.
+const DELETE_CHUNK: i64 = 5_000;
+/// Rows folded into rollups per transaction.
+const ROLLUP_CHUNK: u32 = 20_000;
+
+/// What one retention pass deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    pub request_logs: u64,
+    pub rollups: u64,
+}
+
+impl Store {
+    /// Folds every request-log row not yet rolled up into the rollups.
+    pub async fn roll_up_all(&self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let folded = self.roll_up_request_logs(ROLLUP_CHUNK).await?;
+            total += folded;
+            if folded < ROLLUP_CHUNK as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Deletes what `retention` no longer keeps, as of `now_ms`. Request-log rows are
+    /// rolled up first, so analytics over old ranges keep their totals.
+    pub async fn apply_retention(
+        &self,
+        retention: &Retention,
+        now_ms: i64,
+    ) -> Result<Deleted, StoreError> {
+        let cutoff = |keep: Option<Duration>| keep.map(|keep| now_ms - keep.as_millis() as i64);
+        let mut deleted = Deleted::default();
+        if let Some(before) = cutoff(retention.request_logs) {
+            self.roll_up_all().await?;
+            deleted.request_logs = self
+                .delete_chunked(
+                    "DELETE FROM request_logs WHERE seq IN \
+                     (SELECT seq FROM request_logs WHERE created_at_ms < ? LIMIT ?)",
+                    before,
+                )
+                .await?;
+        }
+        if let Some(before) = cutoff(retention.rollups) {
+            deleted.rollups = self
+                .delete_chunked(
+                    "DELETE FROM request_rollups WHERE (dim, value, bucket_ms) IN \
+                     (SELECT dim, value, bucket_ms FROM request_rollups WHERE bucket_ms < ? LIMIT ?)",
+                    before,
+                )
+                .await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn delete_chunked(&self, sql: &'static str, before: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(sql)
+                .bind(before)
+                .bind(DELETE_CHUNK)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += done;
+            if done < DELETE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// Runs roll-ups and retention on `tracker` until `shutdown`.
+pub fn spawn_upkeep(
+    store: Store,
+    config: UpkeepConfig,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    tracker.spawn(async move {
+        let mut rollup = tokio::time::interval(config.rollup_interval);
+        let mut retention = tokio::time::interval(config.retention_interval);
+        rollup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Failures are logged once per outage, not once per tick.
+        let mut failing = false;
+        loop {
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = rollup.tick() => store.roll_up_all().await.map(|_| ()),
+                _ = retention.tick() => match store.apply_retention(&config.retention, now_ms()).await {
+                    Ok(deleted) => {
+                        if deleted != Deleted::default() {
+                            tracing::info!(
+                                request_logs = deleted.request_logs,
+                                rollups = deleted.rollups,
+                                "Retention clean-up deleted old records."
+                            );
+                        }
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                },
+            };
+            match result {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("Analytics upkeep is working again.");
+                }
+                Ok(()) => {}
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %crate::log_writer::error_chain(&error), "Analytics upkeep failed; retrying.");
+                }
+                Err(_) => {}
+            }
+        }
+    });
+}
