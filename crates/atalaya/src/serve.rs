@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use atalaya_gateway::{
-    Actor, Auditor, Budgets, Gateway, KeyCache, Limits, LocalRates, Routing, Shared,
+    Actor, Auditor, Budgets, Events, Gateway, KeyCache, Limits, LocalRates, Routing, Shared,
 };
 use atalaya_security::{KeyHasher, is_too_open, load_or_create_secret_file};
 use atalaya_store::{Store, spawn_log_writer, spawn_upkeep};
@@ -106,6 +106,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listeners.push(reuseport_listener(address)?);
     }
     let routing = Routing::new(&settings.gateway).context("configuring models")?;
+    let events = Events::default();
+    atalaya_gateway::events::announce_breakers(&routing, &events);
     let limits = Arc::new(Limits::new(
         Arc::new(LocalRates::default()),
         &settings.gateway.teams,
@@ -124,6 +126,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         limits,
         budgets: Arc::new(Budgets::new(store.clone(), &settings.gateway.team_budgets)),
         metrics: metrics.clone(),
+        events,
     };
     let mut workers = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {

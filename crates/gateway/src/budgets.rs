@@ -110,7 +110,7 @@ pub struct SpendReport {
 }
 
 /// A crossing to tell the operator about.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Crossing {
     pub scope: String,
     pub which: &'static str,

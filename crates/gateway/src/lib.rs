@@ -20,6 +20,7 @@ mod compare;
 pub mod config;
 mod dispatch;
 mod error;
+pub mod events;
 mod guardrails;
 mod limits;
 mod messages;
@@ -54,6 +55,7 @@ pub use config::{
     RouteRule, RoutingSettings, SimSettings, Strategy, Timeouts,
 };
 pub use error::ApiError;
+pub use events::Events;
 pub use guardrails::{Action as GuardAction, GuardRule};
 pub use limits::{Limits, LocalRates, RateStore, TeamLimits};
 pub use providers::{ProviderError, SIM_CHAT_MODEL, SIM_EMBED_MODEL, SIM_PROVIDER};
@@ -74,6 +76,8 @@ pub struct Gateway {
     budgets: Arc<Budgets>,
     /// Shared by every worker: models, deployments and their health.
     routing: Arc<Routing>,
+    /// Shared by every worker: the live event feed.
+    events: Events,
     /// This worker's HTTP clients.
     providers: Providers,
     metrics: PrometheusHandle,
@@ -118,6 +122,7 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     pub budgets: Arc<Budgets>,
     pub metrics: PrometheusHandle,
+    pub events: Events,
 }
 
 impl Gateway {
@@ -133,6 +138,7 @@ impl Gateway {
             limits: shared.limits,
             budgets: shared.budgets,
             routing: shared.routing,
+            events: shared.events,
             metrics: shared.metrics,
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
@@ -207,6 +213,7 @@ impl Gateway {
             "Budget {} limit reached.",
             crossing.which
         );
+        self.events.publish("budget", &crossing);
         let auditor = self.auditor.clone();
         tokio::spawn(async move {
             let actor = Actor {
@@ -281,7 +288,7 @@ impl Gateway {
         {
             metrics::counter!(names::UPSTREAM_ERRORS, "provider" => provider.to_owned(), "class" => class).increment(1);
         }
-        self.log_writer.submit(RequestLogRow {
+        let row = RequestLogRow {
             seq: 0,
             request_id: context.id.to_string(),
             created_at_ms: context.started_at_ms,
@@ -311,7 +318,11 @@ impl Gateway {
                 .error
                 .as_deref()
                 .map(|error| atalaya_security::mask::mask(error).into_owned()),
-        });
+        };
+        if self.events.active() {
+            self.events.publish("request", &row);
+        }
+        self.log_writer.submit(row);
     }
 }
 
@@ -509,7 +520,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             .route("/api/v1/models", get(admin::list_models))
             .route("/api/v1/analytics/summary", get(analytics::summary))
             .route("/api/v1/analytics/timeseries", get(analytics::timeseries))
-            .route("/api/v1/analytics/breakdown", get(analytics::breakdown)),
+            .route("/api/v1/analytics/breakdown", get(analytics::breakdown))
+            .route("/api/v1/events", get(events::feed)),
         auth::Permission::Read,
     );
     let audit = guarded(

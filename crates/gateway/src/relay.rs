@@ -268,7 +268,14 @@ pub(crate) fn sse_response(
         idle_turns: 0,
         scratch: Vec::new(),
     };
-    let mut response = Response::new(Body::from_stream(relay));
+    let mut response = event_stream(Body::from_stream(relay));
+    response.extensions_mut().insert(Deferred);
+    response
+}
+
+/// A Server-Sent Events response around `body`.
+pub(crate) fn event_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -277,7 +284,6 @@ pub(crate) fn sse_response(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells a fronting nginx not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response.extensions_mut().insert(Deferred);
     response
 }
 

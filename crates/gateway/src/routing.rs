@@ -623,6 +623,21 @@ pub struct Routing {
 }
 
 impl Routing {
+    /// Every deployment's circuit breaker, once each.
+    pub fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {
+        let mut seen = std::collections::HashSet::new();
+        let deployments = self
+            .plans
+            .values()
+            .flat_map(|plan| plan.deployments.iter().map(|d| &d.health));
+        let wildcards = self.wildcards.values().map(|(_, health)| health);
+        deployments
+            .chain(wildcards)
+            .filter(|health| seen.insert(Arc::as_ptr(health)))
+            .map(|health| health.breaker.clone())
+            .collect()
+    }
+
     pub fn new(config: &GatewayConfig) -> Result<Arc<Routing>, RoutingError> {
         let settings = config.routing.clone();
         let mut routing = Routing {

@@ -119,7 +119,35 @@ pub struct CircuitBreaker {
     /// cache line of its own: the lock beside it is written on every call, this rarely.
     closed: CacheLine<AtomicBool>,
     gauge: metrics::Gauge,
+    /// Told of every state change (the live event feed, alerts).
+    listener: ListenerSlot,
 }
+
+#[derive(Default)]
+struct ListenerSlot(std::sync::OnceLock<TransitionListener>);
+
+impl std::fmt::Debug for ListenerSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ListenerSlot(set)"
+        } else {
+            "ListenerSlot(empty)"
+        })
+    }
+}
+
+/// A breaker's change of state, as told to its listener.
+#[derive(Debug, Clone)]
+pub struct Transition<'a> {
+    pub breaker: &'a str,
+    pub from: State,
+    pub to: State,
+    pub reason: &'a str,
+    /// How long an opened breaker stays open.
+    pub open_for: Option<Duration>,
+}
+
+pub type TransitionListener = Arc<dyn Fn(&Transition<'_>) + Send + Sync>;
 
 /// Permission for one call. Report how it went with [`Permit::success`] or
 /// [`Permit::failure`]; dropping it unreported (the caller gave up) counts for nothing.
@@ -148,11 +176,18 @@ impl CircuitBreaker {
             }),
             closed: CacheLine(AtomicBool::new(true)),
             gauge,
+            listener: ListenerSlot::default(),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Sets who hears of state changes; only the first listener set is kept. It is called
+    /// outside the breaker's lock, on the thread whose call changed the state.
+    pub fn set_listener(&self, listener: TransitionListener) {
+        let _ = self.listener.0.set(listener);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -344,6 +379,15 @@ impl CircuitBreaker {
     /// Logs and exports a transition. Called without the lock held.
     fn announce(&self, from: State, to: State, reason: &str, open_for: Option<Duration>) {
         self.gauge.set(to.gauge());
+        if let Some(listener) = self.listener.0.get() {
+            listener(&Transition {
+                breaker: &self.name,
+                from,
+                to,
+                reason,
+                open_for,
+            });
+        }
         let open_ms = open_for.map(|d| d.as_millis() as u64);
         match to {
             State::Open => tracing::warn!(
@@ -430,6 +474,38 @@ mod tests {
         assert_eq!(breaker.state(), State::Open);
         let rejected = breaker.acquire().unwrap_err();
         assert_eq!(rejected.retry_in, Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_listener_hears_every_transition() {
+        let breaker = breaker();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = heard.clone();
+        breaker.set_listener(Arc::new(move |t: &Transition<'_>| {
+            sink.lock()
+                .unwrap()
+                .push((t.breaker.to_owned(), t.from, t.to, t.open_for));
+        }));
+        for _ in 0..4 {
+            breaker.acquire().unwrap().failure();
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        breaker.acquire().unwrap().success();
+        breaker.acquire().unwrap().success();
+        let heard = heard.lock().unwrap().clone();
+        assert_eq!(
+            heard,
+            [
+                (
+                    "test".to_owned(),
+                    State::Closed,
+                    State::Open,
+                    Some(Duration::from_secs(10))
+                ),
+                ("test".to_owned(), State::Open, State::HalfOpen, None),
+                ("test".to_owned(), State::HalfOpen, State::Closed, None),
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,5 +9,7 @@
 pub mod breaker;
 pub mod retry;
 
-pub use breaker::{BreakerConfig, CircuitBreaker, Permit, Rejected, State};
+pub use breaker::{
+    BreakerConfig, CircuitBreaker, Permit, Rejected, State, Transition, TransitionListener,
+};
 pub use retry::{Backoff, RetryBudget};
