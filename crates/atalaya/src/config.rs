@@ -17,7 +17,7 @@ use atalaya_gateway::{
 use atalaya_gateway::{Budget, GuardAction, GuardRule, Period, TeamBudget, TeamLimits};
 use atalaya_resilience::{Backoff, BreakerConfig};
 use atalaya_store::{LogWriterConfig, Retention, UpkeepConfig};
-use atalaya_telemetry::LogFormat;
+use atalaya_telemetry::{FileLog, LogFormat, LogSettings};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -140,6 +140,11 @@ struct RawDatabase {
 struct RawTelemetry {
     log_format: Option<String>,
     log_level: Option<String>,
+    console: Option<bool>,
+    log_dir: Option<String>,
+    log_file_format: Option<String>,
+    log_file_retention_days: Option<u64>,
+    database_logs: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +167,8 @@ struct RawAnalytics {
 struct RawRetention {
     request_logs_days: Option<u64>,
     rollups_days: Option<u64>,
+    errors_days: Option<u64>,
+    server_logs_days: Option<u64>,
     interval_minutes: Option<u64>,
 }
 
@@ -327,8 +334,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// HTTP worker threads, each with its own runtime and listener.
     pub worker_threads: usize,
-    pub log_format: LogFormat,
-    pub log_level: String,
+    /// Log destinations (the error-tracking reporter is attached by `serve`).
+    pub logs: LogSettings,
     pub request_log: LogWriterConfig,
     /// Analytics roll-ups and retention clean-up.
     pub upkeep: UpkeepConfig,
@@ -716,22 +723,62 @@ fn validate(
             ));
         }
     };
-    let log_format = match raw.telemetry.log_format.as_deref().unwrap_or("pretty") {
-        "pretty" => LogFormat::Pretty,
-        "json" => LogFormat::Json,
-        other => {
-            return Err(error(
-                "telemetry.log_format",
-                origins,
-                format!("`{other}` is not one of: pretty, json"),
-            ));
-        }
+    let format = |value: Option<&str>, default: &str, key: &str| match value.unwrap_or(default) {
+        "pretty" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        other => Err(error(
+            key,
+            origins,
+            format!("`{other}` is not one of: pretty, json"),
+        )),
     };
+    let console_format = format(
+        raw.telemetry.log_format.as_deref(),
+        "pretty",
+        "telemetry.log_format",
+    )?;
+    let file_format = format(
+        raw.telemetry.log_file_format.as_deref(),
+        "json",
+        "telemetry.log_file_format",
+    )?;
     let log_level = env
         .get("RUST_LOG")
         .cloned()
         .or(raw.telemetry.log_level)
         .unwrap_or_else(|| "info".to_owned());
+    let log_dir = match raw.telemetry.log_dir.as_deref() {
+        None => Some(data_dir.join("logs")),
+        Some("") => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+    };
+    let file_retention = match raw.telemetry.log_file_retention_days {
+        None => Some(14),
+        Some(0) => None,
+        Some(days) if days > 36_500 => {
+            return Err(error(
+                "telemetry.log_file_retention_days",
+                origins,
+                "must be at most 36500 (0 keeps forever)",
+            ));
+        }
+        Some(days) => Some(days as u32),
+    };
+    let logs = LogSettings {
+        filter: log_level,
+        console: raw
+            .telemetry
+            .console
+            .unwrap_or(true)
+            .then_some(console_format),
+        file: log_dir.map(|dir| FileLog {
+            dir,
+            format: file_format,
+            retention_days: file_retention,
+        }),
+        capture: None,
+        database_logs: raw.telemetry.database_logs.unwrap_or(true),
+    };
     let defaults = LogWriterConfig::default();
     let request_log = LogWriterConfig {
         batch_size: positive(
@@ -1019,8 +1066,7 @@ fn validate(
             }
             Some(count) => count as usize,
         },
-        log_format,
-        log_level,
+        logs,
         request_log,
         upkeep,
         tls,
@@ -1344,6 +1390,16 @@ fn upkeep_settings(
                 retention.rollups_days,
                 defaults.retention.rollups,
                 "retention.rollups_days",
+            )?,
+            errors: days(
+                retention.errors_days,
+                defaults.retention.errors,
+                "retention.errors_days",
+            )?,
+            server_logs: days(
+                retention.server_logs_days,
+                defaults.retention.server_logs,
+                "retention.server_logs_days",
             )?,
         },
     })

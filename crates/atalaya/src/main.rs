@@ -9,6 +9,7 @@ mod config;
 mod keys;
 mod mock;
 mod providers;
+mod reports;
 mod serve;
 mod tls;
 mod vault;

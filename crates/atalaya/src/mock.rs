@@ -9,7 +9,7 @@ use crate::cli::MockArgs;
 use crate::serve::shutdown_signal;
 
 pub async fn run(args: MockArgs) -> anyhow::Result<()> {
-    atalaya_telemetry::init_tracing(atalaya_telemetry::LogFormat::Pretty, "info")?;
+    atalaya_telemetry::init_console(atalaya_telemetry::LogFormat::Pretty, "info")?;
     if !(args.tokens_per_second.is_finite() && args.tokens_per_second >= 0.0) {
         anyhow::bail!("--tokens-per-second must be 0 or a positive number");
     }

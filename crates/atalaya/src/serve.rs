@@ -27,7 +27,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
     };
     let mut settings = config::load(&flags, &env)?;
-    atalaya_telemetry::init_tracing(settings.log_format, &settings.log_level)?;
+    let (reporter, reports) = atalaya_telemetry::capture::channel();
+    settings.logs.capture = Some(reporter.clone());
+    atalaya_telemetry::init_tracing(&settings.logs)?;
+    crate::reports::report_panics();
     let metrics = atalaya_telemetry::install_metrics()?;
 
     std::fs::create_dir_all(&settings.data_dir)
@@ -108,6 +111,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let routing = Routing::new(&settings.gateway).context("configuring models")?;
     let events = Events::default();
     atalaya_gateway::events::announce_breakers(&routing, &events);
+    crate::reports::spawn_writer(
+        store.clone(),
+        reports,
+        events.clone(),
+        |_| {},
+        &tracker,
+        shutdown.clone(),
+    );
     let limits = Arc::new(Limits::new(
         Arc::new(LocalRates::default()),
         &settings.gateway.teams,
@@ -127,6 +138,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         budgets: Arc::new(Budgets::new(store.clone(), &settings.gateway.team_budgets)),
         metrics: metrics.clone(),
         events,
+        reporter: Some(reporter),
     };
     let mut workers = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {

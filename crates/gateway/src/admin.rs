@@ -215,7 +215,7 @@ struct CreatedKey<'a> {
 }
 
 /// The caller of an admin endpoint, for the audit log.
-fn actor(extensions: &axum::http::Extensions) -> Actor {
+pub(crate) fn actor(extensions: &axum::http::Extensions) -> Actor {
     Actor {
         name: match extensions.get::<crate::Principal>() {
             Some(crate::Principal::Key(key)) => key.id.to_string(),

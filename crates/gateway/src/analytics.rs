@@ -381,22 +381,11 @@ fn rfc3339_ms(text: &str) -> Option<i64> {
             sign * (h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?)
         }
     };
-    let days = days_from_civil(year, month, day);
+    let days = atalaya_telemetry::civil::days_from_civil(year, month as u32, day as u32);
     Some(
         ((days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60) * 1_000)
             + millis,
     )
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_index = (month + 9) % 12;
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 #[cfg(test)]

@@ -63,6 +63,7 @@ impl Principal {
 /// | `read` (providers, models, request logs, key list) | yes | yes | no | yes |
 /// | `manage_keys` (create, update, revoke) | yes | yes (developer and viewer keys) | no | no |
 /// | `read_audit` | yes | yes | no | no |
+/// | `operate` (resolve errors, acknowledge alerts) | yes | yes | no | no |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     Viewer,
@@ -77,6 +78,7 @@ pub enum Permission {
     Read,
     ManageKeys,
     ReadAudit,
+    Operate,
 }
 
 impl Permission {
@@ -86,6 +88,7 @@ impl Permission {
             Permission::Read => "read",
             Permission::ManageKeys => "manage_keys",
             Permission::ReadAudit => "read_audit",
+            Permission::Operate => "operate",
         }
     }
 }
@@ -129,6 +132,7 @@ impl Role {
             Permission::Read,
             Permission::ManageKeys,
             Permission::ReadAudit,
+            Permission::Operate,
         ]
         .into_iter()
         .filter(|p| self.allows(*p))

@@ -408,6 +408,7 @@ pub(crate) async fn serve(
             exchange.fallback_path = (path.len() > 1).then(|| path.join(">"));
             exchange.upstream_error_class = None;
             exchange.error = None;
+            exchange.error_source = None;
             let limits = Limits {
                 ttfb: timeouts.ttfb.unwrap_or(route_timeout(&route)),
                 idle: timeouts.idle,

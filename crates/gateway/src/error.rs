@@ -14,15 +14,23 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Passed on as the `Retry-After` header (429 and 503).
     pub retry_after: Option<HeaderValue>,
+    /// Where the error was made, for error tracking.
+    pub location: &'static std::panic::Location<'static>,
 }
 
-/// Attached to every error response so the request log can record why it failed.
+/// Attached to every error response so the request log and error tracking can record why
+/// it failed.
 #[derive(Debug, Clone)]
-pub(crate) struct ErrorNote(pub String);
+pub(crate) struct ErrorNote {
+    pub text: String,
+    pub code: &'static str,
+    pub location: &'static std::panic::Location<'static>,
+}
 
 impl ApiError {
     /// The message is masked: upstream error texts, echoed request fields and the like may
     /// carry a secret, and it reaches the client, the request log and the logs.
+    #[track_caller]
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         let message = message.into();
         let message = match atalaya_security::mask::mask(&message) {
@@ -35,6 +43,7 @@ impl ApiError {
             message,
             param: None,
             retry_after: None,
+            location: std::panic::Location::caller(),
         }
     }
 
@@ -43,10 +52,12 @@ impl ApiError {
         self
     }
 
+    #[track_caller]
     pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    #[track_caller]
     pub fn model_not_found(model: &str) -> Self {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -120,9 +131,11 @@ impl ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, retry_after);
         }
-        response
-            .extensions_mut()
-            .insert(ErrorNote(format!("{}: {}", self.code, self.message)));
+        response.extensions_mut().insert(ErrorNote {
+            text: format!("{}: {}", self.code, self.message),
+            code: self.code,
+            location: self.location,
+        });
         response
     }
 }

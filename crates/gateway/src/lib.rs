@@ -20,6 +20,7 @@ mod compare;
 pub mod config;
 mod dispatch;
 mod error;
+mod errors;
 pub mod events;
 mod guardrails;
 mod limits;
@@ -78,6 +79,8 @@ pub struct Gateway {
     routing: Arc<Routing>,
     /// Shared by every worker: the live event feed.
     events: Events,
+    /// Where failed requests are reported for error tracking.
+    reporter: Option<atalaya_telemetry::Reporter>,
     /// This worker's HTTP clients.
     providers: Providers,
     metrics: PrometheusHandle,
@@ -123,6 +126,8 @@ pub struct Shared {
     pub budgets: Arc<Budgets>,
     pub metrics: PrometheusHandle,
     pub events: Events,
+    /// Error tracking; `None` leaves failed requests to the request log alone.
+    pub reporter: Option<atalaya_telemetry::Reporter>,
 }
 
 impl Gateway {
@@ -139,6 +144,7 @@ impl Gateway {
             budgets: shared.budgets,
             routing: shared.routing,
             events: shared.events,
+            reporter: shared.reporter,
             metrics: shared.metrics,
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
@@ -322,6 +328,11 @@ impl Gateway {
         if self.events.active() {
             self.events.publish("request", &row);
         }
+        if let Some(reporter) = &self.reporter
+            && let Some(report) = errors::request_failure(context, status, exchange)
+        {
+            reporter.report(report);
+        }
         self.log_writer.submit(row);
     }
 }
@@ -465,6 +476,8 @@ pub(crate) struct Exchange {
     /// Models tried in order when fallbacks were used (`smart>cheap`).
     pub fallback_path: Option<String>,
     pub error: Option<String>,
+    /// The error's code and where it was made, for error tracking.
+    pub error_source: Option<(&'static str, &'static std::panic::Location<'static>)>,
     pub upstream_error_class: Option<&'static str>,
 }
 
@@ -521,12 +534,25 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             .route("/api/v1/analytics/summary", get(analytics::summary))
             .route("/api/v1/analytics/timeseries", get(analytics::timeseries))
             .route("/api/v1/analytics/breakdown", get(analytics::breakdown))
-            .route("/api/v1/events", get(events::feed)),
+            .route("/api/v1/events", get(events::feed))
+            .route("/api/v1/errors", get(errors::list))
+            .route("/api/v1/errors/stats", get(errors::stats))
+            .route("/api/v1/errors/{fingerprint}", get(errors::show))
+            .route("/api/v1/server-logs", get(errors::server_logs)),
         auth::Permission::Read,
     );
     let audit = guarded(
         Router::new().route("/api/v1/audit", get(admin::list_audit)),
         auth::Permission::ReadAudit,
+    );
+    let operate = guarded(
+        Router::new()
+            .route(
+                "/api/v1/errors/{fingerprint}/resolve",
+                post(errors::resolve),
+            )
+            .route("/api/v1/errors/{fingerprint}/reopen", post(errors::reopen)),
+        auth::Permission::Operate,
     );
     let call = guarded(
         Router::new().route("/api/v1/compare", post(compare::compare)),
@@ -537,6 +563,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .merge(manage_keys)
         .merge(read)
         .merge(audit)
+        .merge(operate)
         .merge(call)
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -714,11 +741,11 @@ async fn data_plane(
         .get::<Exchange>()
         .cloned()
         .unwrap_or_default();
-    if exchange.error.is_none() {
-        exchange.error = response
-            .extensions()
-            .get::<ErrorNote>()
-            .map(|note| note.0.clone());
+    if exchange.error.is_none()
+        && let Some(note) = response.extensions().get::<ErrorNote>()
+    {
+        exchange.error = Some(note.text.clone());
+        exchange.error_source = Some((note.code, note.location));
     }
     gateway.record(&context, response.status().as_u16(), &exchange);
     response

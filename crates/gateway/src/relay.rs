@@ -330,6 +330,10 @@ impl Relay {
         if let Some((class, message)) = error {
             record.exchange.upstream_error_class = Some(class);
             record.exchange.error = Some(message);
+            if class != "client" {
+                record.exchange.error_source =
+                    Some(("upstream_stream_error", std::panic::Location::caller()));
+            }
         }
         record
             .gateway

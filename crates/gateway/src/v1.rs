@@ -49,6 +49,7 @@ pub(crate) fn finish(
         Ok(response) => response,
         Err(error) => {
             exchange.error = Some(format!("{}: {}", error.code, error.message));
+            exchange.error_source = Some((error.code, error.location));
             error.into_response_for(format)
         }
     };

@@ -7,6 +7,7 @@
 
 mod analytics;
 mod audit;
+mod errors;
 mod keys;
 mod log_writer;
 mod request_log;
@@ -26,6 +27,10 @@ pub use analytics::{
     Stats,
 };
 pub use audit::{AuditRow, NewAuditEntry};
+pub use errors::{
+    ErrorGroup, ErrorOccurrence, ErrorQuery, ErrorStat, ErrorStatus, GroupChange, ServerLogRow,
+    fingerprint,
+};
 pub use keys::{KeyId, KeyRecord, KeyUpdate, NewKey};
 pub use log_writer::{LogWriter, LogWriterConfig, spawn_log_writer};
 pub use request_log::{LogPage, LogQuery, RequestLogRow};

@@ -16,6 +16,10 @@ use crate::{Store, StoreError, now_ms};
 pub struct Retention {
     pub request_logs: Option<Duration>,
     pub rollups: Option<Duration>,
+    /// Error groups not seen for this long, and occurrences older than this.
+    pub errors: Option<Duration>,
+    /// The server's own warnings and errors in the database.
+    pub server_logs: Option<Duration>,
 }
 
 impl Default for Retention {
@@ -24,6 +28,8 @@ impl Default for Retention {
         Retention {
             request_logs: Some(Duration::from_secs(30 * DAY)),
             rollups: Some(Duration::from_secs(400 * DAY)),
+            errors: Some(Duration::from_secs(90 * DAY)),
+            server_logs: Some(Duration::from_secs(30 * DAY)),
         }
     }
 }
@@ -57,6 +63,8 @@ const ROLLUP_CHUNK: u32 = 20_000;
 pub struct Deleted {
     pub request_logs: u64,
     pub rollups: u64,
+    pub errors: u64,
+    pub server_logs: u64,
 }
 
 impl Store {
@@ -96,6 +104,30 @@ impl Store {
                 .delete_chunked(
                     "DELETE FROM request_rollups WHERE (dim, value, bucket_ms) IN \
                      (SELECT dim, value, bucket_ms FROM request_rollups WHERE bucket_ms < ? LIMIT ?)",
+                    before,
+                )
+                .await?;
+        }
+        if let Some(before) = cutoff(retention.errors) {
+            self.delete_chunked(
+                "DELETE FROM error_occurrences WHERE seq IN \
+                 (SELECT seq FROM error_occurrences WHERE time_ms < ? LIMIT ?)",
+                before,
+            )
+            .await?;
+            deleted.errors = self
+                .delete_chunked(
+                    "DELETE FROM error_groups WHERE fingerprint IN \
+                     (SELECT fingerprint FROM error_groups WHERE last_seen_ms < ? LIMIT ?)",
+                    before,
+                )
+                .await?;
+        }
+        if let Some(before) = cutoff(retention.server_logs) {
+            deleted.server_logs = self
+                .delete_chunked(
+                    "DELETE FROM server_logs WHERE seq IN \
+                     (SELECT seq FROM server_logs WHERE time_ms < ? LIMIT ?)",
                     before,
                 )
                 .await?;
@@ -144,6 +176,8 @@ pub fn spawn_upkeep(
                             tracing::info!(
                                 request_logs = deleted.request_logs,
                                 rollups = deleted.rollups,
+                                errors = deleted.errors,
+                                server_logs = deleted.server_logs,
                                 "Retention clean-up deleted old records."
                             );
                         }

@@ -8,6 +8,12 @@
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub mod capture;
+pub mod civil;
+mod file;
+
+pub use capture::{Report, Reporter, Severity};
+
 pub mod names {
     //! Metric names: `atalaya_<name>_<unit>[_total]`, bounded labels only.
 
@@ -58,6 +64,10 @@ pub mod names {
     pub const GUARDRAIL_HITS: &str = "atalaya_guardrail_hits_total";
     /// Audit entries that could not be written.
     pub const AUDIT_WRITE_ERRORS: &str = "atalaya_audit_write_errors_total";
+    /// Warnings, errors and failed requests not tracked because the report queue was full.
+    pub const ERROR_REPORTS_DROPPED: &str = "atalaya_error_reports_dropped_total";
+    /// Errors tracked, by `severity` and `service`.
+    pub const ERRORS: &str = "atalaya_errors_total";
 }
 
 /// Latency buckets from 0.5 ms to 5 min: gateway overhead sits at the low end, long
@@ -174,6 +184,11 @@ fn describe() {
         "Audit entries that could not be written to the audit log."
     );
     describe_counter!(
+        ERROR_REPORTS_DROPPED,
+        "Warnings, errors and failed requests not tracked because the report queue was full."
+    );
+    describe_counter!(ERRORS, "Errors tracked, by severity and service.");
+    describe_counter!(
         KEYS_DISABLED,
         "Upstream API keys disabled after the provider refused them, by provider."
     );
@@ -185,19 +200,52 @@ pub enum LogFormat {
     Json,
 }
 
-/// Hands the formatter one buffer per log event and writes it to stderr through the
-/// process's masking engine, so no log line carries a secret whatever was logged.
-struct MaskedStderr;
+/// Where logs go, each destination configured on its own.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// A tracing filter (`info`, `info,atalaya_gateway=debug`).
+    pub filter: String,
+    /// stderr, pretty or JSON; `None` turns the console off.
+    pub console: Option<LogFormat>,
+    /// Daily-rotated files.
+    pub file: Option<FileLog>,
+    /// Errors to error tracking, through this reporter.
+    pub capture: Option<Reporter>,
+    /// Warnings and errors to the database log too (with `capture`).
+    pub database_logs: bool,
+}
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
-    type Writer = MaskedLine;
+#[derive(Debug, Clone)]
+pub struct FileLog {
+    pub dir: std::path::PathBuf,
+    pub format: LogFormat,
+    /// Days of files kept; `None` keeps them all.
+    pub retention_days: Option<u32>,
+}
 
-    fn make_writer(&'a self) -> MaskedLine {
-        MaskedLine(Vec::with_capacity(256))
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reporter")
     }
 }
 
-struct MaskedLine(Vec<u8>);
+/// Hands the formatter one buffer per log event and writes it, masked by the process's
+/// masking engine, to stderr or a daily file: no log line carries a secret whatever was logged.
+#[derive(Clone)]
+enum Sink {
+    Stderr,
+    Files(std::sync::Arc<file::DailyFiles>),
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Sink {
+    type Writer = MaskedLine;
+
+    fn make_writer(&'a self) -> MaskedLine {
+        MaskedLine(Vec::with_capacity(256), self.clone())
+    }
+}
+
+struct MaskedLine(Vec<u8>, Sink);
 
 impl std::io::Write for MaskedLine {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -214,26 +262,77 @@ impl Drop for MaskedLine {
     fn drop(&mut self) {
         let masker = atalaya_security::mask::global().masker();
         let line = masker.mask_bytes(&self.0);
-        // A log line that cannot be written has nowhere else to go.
-        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), &line);
+        match &self.1 {
+            // A log line that cannot be written has nowhere else to go.
+            Sink::Stderr => {
+                let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), &line);
+            }
+            Sink::Files(files) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                files.write_line(&line, now);
+            }
+        }
     }
 }
 
-/// Logs go to stderr, so stdout stays free for command output, masked.
-pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
+/// Installs the global subscriber with the destinations `settings` names. Logs go to
+/// stderr, so stdout stays free for command output.
+pub fn init_tracing(settings: &LogSettings) -> Result<(), TelemetryError> {
     use tracing_subscriber::EnvFilter;
-    let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
-        filter: filter.to_owned(),
-        source,
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(MaskedStderr);
-    let result = match format {
-        LogFormat::Pretty => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let env_filter =
+        EnvFilter::try_new(&settings.filter).map_err(|source| TelemetryError::Filter {
+            filter: settings.filter.clone(),
+            source,
+        })?;
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let fmt_layer = |format: LogFormat, sink: Sink, ansi: bool| -> Boxed {
+        let layer = tracing_subscriber::fmt::layer().with_writer(sink);
+        match format {
+            LogFormat::Pretty => layer.with_ansi(ansi).boxed(),
+            LogFormat::Json => layer.json().with_current_span(true).boxed(),
+        }
     };
-    result.map_err(|error| TelemetryError::Tracing(error.to_string()))
+    let mut layers: Vec<Boxed> = Vec::new();
+    if let Some(format) = settings.console {
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        layers.push(fmt_layer(format, Sink::Stderr, ansi));
+    }
+    if let Some(file) = &settings.file {
+        let files = file::DailyFiles::new(&file.dir, file.retention_days).map_err(|error| {
+            TelemetryError::Tracing(format!(
+                "opening the log directory {}: {error}",
+                file.dir.display()
+            ))
+        })?;
+        layers.push(fmt_layer(
+            file.format,
+            Sink::Files(std::sync::Arc::new(files)),
+            false,
+        ));
+    }
+    if let Some(reporter) = &settings.capture {
+        layers.push(capture::CaptureLayer::new(reporter.clone(), settings.database_logs).boxed());
+    }
+    tracing_subscriber::registry()
+        .with(layers)
+        .with(env_filter)
+        .try_init()
+        .map_err(|error| TelemetryError::Tracing(error.to_string()))
+}
+
+/// Console logging only, for commands other than `serve`.
+pub fn init_console(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
+    init_tracing(&LogSettings {
+        filter: filter.to_owned(),
+        console: Some(format),
+        file: None,
+        capture: None,
+        database_logs: false,
+    })
 }

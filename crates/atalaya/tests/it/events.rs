@@ -10,13 +10,13 @@ use tokio_tungstenite::tungstenite;
 use crate::harness::*;
 
 /// An open SSE subscription.
-struct Feed {
+pub struct Feed {
     response: reqwest::Response,
     buffer: String,
 }
 
 impl Feed {
-    async fn open(server: &Server, key: &str, query: &str) -> Feed {
+    pub async fn open(server: &Server, key: &str, query: &str) -> Feed {
         let response = client_without_timeout()
             .get(format!("{}/api/v1/events{query}", server.url()))
             .bearer_auth(key)
@@ -64,7 +64,7 @@ impl Feed {
         }
     }
 
-    async fn next_of(&mut self, kind: &str) -> Value {
+    pub async fn next_of(&mut self, kind: &str) -> Value {
         loop {
             let (name, data) = self.next().await;
             if name == kind {

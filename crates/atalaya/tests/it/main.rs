@@ -9,6 +9,7 @@ mod bad_input;
 mod budgets;
 mod cli;
 mod compare;
+mod errors;
 mod events;
 mod guardrails;
 mod harness;

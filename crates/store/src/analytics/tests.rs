@@ -216,6 +216,8 @@ async fn retention_deletes_old_rows_after_rolling_them_up() {
     let retention = crate::Retention {
         request_logs: Some(std::time::Duration::from_secs(86_400)),
         rollups: None,
+        errors: None,
+        server_logs: None,
     };
     let deleted = store
         .apply_retention(&retention, T0 + 27 * HOUR_MS)
@@ -241,6 +243,8 @@ async fn retention_deletes_old_rows_after_rolling_them_up() {
     let retention = crate::Retention {
         request_logs: None,
         rollups: Some(std::time::Duration::from_secs(86_400)),
+        errors: None,
+        server_logs: None,
     };
     let deleted = store
         .apply_retention(&retention, T0 + 27 * HOUR_MS)
