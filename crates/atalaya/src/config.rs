@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use atalaya_gateway::alerts::AlertSettings;
 use atalaya_gateway::catalog::{Catalog, Feature, ModelInfo};
 use atalaya_gateway::presets::{self, Preset};
 use atalaya_gateway::{
@@ -84,6 +85,59 @@ struct RawConfig {
     routing: RawRouting,
     teams: Vec<RawTeam>,
     guardrails: Vec<RawGuardrail>,
+    alerts: RawAlerts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAlerts {
+    evaluate_interval_ms: Option<u64>,
+    dedupe_minutes: Option<u64>,
+    max_per_hour: Option<u64>,
+    /// Absent: the default rules; empty: none.
+    rules: Option<Vec<RawAlertRule>>,
+    channels: Vec<RawAlertChannel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlertRule {
+    name: String,
+    kind: String,
+    #[serde(default)]
+    severity: Option<String>,
+    #[serde(default)]
+    threshold: Option<f64>,
+    #[serde(default)]
+    window_seconds: Option<u64>,
+    #[serde(default)]
+    min_requests: Option<u64>,
+    #[serde(default)]
+    sensitivity: Option<f64>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlertChannel {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    smtp_host: Option<String>,
+    #[serde(default)]
+    smtp_port: Option<u16>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Vec<String>,
+    #[serde(default)]
+    min_severity: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +223,7 @@ struct RawRetention {
     rollups_days: Option<u64>,
     errors_days: Option<u64>,
     server_logs_days: Option<u64>,
+    alerts_days: Option<u64>,
     interval_minutes: Option<u64>,
 }
 
@@ -1048,6 +1103,7 @@ fn validate(
             keys: raw.keys,
         });
     }
+    let alerts = validate_alerts(raw.alerts, origins)?;
     Ok(Settings {
         listen,
         data_dir,
@@ -1082,7 +1138,215 @@ fn validate(
             teams,
             team_budgets,
             guardrails,
+            alerts,
         },
+    })
+}
+
+fn validate_alerts(raw: RawAlerts, origins: &Origins) -> Result<AlertSettings, ConfigError> {
+    use atalaya_gateway::alerts::{
+        AlertChannel, AlertRule, AlertSeverity, ChannelKind, MAX_WINDOW, RuleKind,
+    };
+    let defaults = AlertSettings::default();
+    let severity = |value: Option<&str>, default: AlertSeverity, key: &str| match value {
+        None => Ok(default),
+        Some(text) => AlertSeverity::parse(text).ok_or_else(|| {
+            error(
+                key,
+                origins,
+                format!("`{text}` is not one of: info, warning, critical"),
+            )
+        }),
+    };
+    let mut channels: Vec<AlertChannel> = Vec::new();
+    for (index, channel) in raw.channels.into_iter().enumerate() {
+        let key = |field: &str| format!("alerts.channels[{index}].{field}");
+        if channel.name.trim().is_empty() {
+            return Err(error(key("name"), origins, "must not be empty"));
+        }
+        if channels.iter().any(|c| c.name == channel.name) {
+            return Err(error(
+                key("name"),
+                origins,
+                format!("`{}` names two channels", channel.name),
+            ));
+        }
+        let url = |url: Option<String>| match url {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Ok(url),
+            Some(url) => Err(error(
+                key("url"),
+                origins,
+                format!("`{url}` is not an http(s) URL"),
+            )),
+            None => Err(error(
+                key("url"),
+                origins,
+                "is required for this channel type",
+            )),
+        };
+        let kind = match channel.kind.as_str() {
+            "webhook" => ChannelKind::Webhook {
+                url: url(channel.url)?,
+                headers: channel
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| (name, SecretString::from(value)))
+                    .collect(),
+            },
+            "slack" => ChannelKind::Slack {
+                url: url(channel.url)?,
+            },
+            "email" => {
+                let host = channel
+                    .smtp_host
+                    .filter(|h| !h.is_empty())
+                    .ok_or_else(|| error(key("smtp_host"), origins, "is required for email"))?;
+                let from = channel
+                    .from
+                    .filter(|f| f.contains('@'))
+                    .ok_or_else(|| error(key("from"), origins, "must be an email address"))?;
+                if channel.to.is_empty() || channel.to.iter().any(|to| !to.contains('@')) {
+                    return Err(error(
+                        key("to"),
+                        origins,
+                        "must list one or more email addresses",
+                    ));
+                }
+                ChannelKind::Email {
+                    host,
+                    port: channel.smtp_port.unwrap_or(25),
+                    from,
+                    to: channel.to,
+                }
+            }
+            other => {
+                return Err(error(
+                    key("type"),
+                    origins,
+                    format!("`{other}` is not one of: webhook, slack, email"),
+                ));
+            }
+        };
+        channels.push(AlertChannel {
+            name: channel.name,
+            kind,
+            min_severity: severity(
+                channel.min_severity.as_deref(),
+                AlertSeverity::Info,
+                &key("min_severity"),
+            )?,
+        });
+    }
+    let rules = match raw.rules {
+        None => AlertSettings::default_rules(),
+        Some(raw_rules) => {
+            let mut rules: Vec<AlertRule> = Vec::new();
+            for (index, rule) in raw_rules.into_iter().enumerate() {
+                let key = |field: &str| format!("alerts.rules[{index}].{field}");
+                if rules.iter().any(|r| r.name == rule.name) || rule.name.trim().is_empty() {
+                    return Err(error(
+                        key("name"),
+                        origins,
+                        "must be a name no other rule has",
+                    ));
+                }
+                let window = match rule.window_seconds {
+                    None => Duration::from_secs(300),
+                    Some(secs) if secs == 0 || secs > MAX_WINDOW.as_secs() => {
+                        return Err(error(
+                            key("window_seconds"),
+                            origins,
+                            format!("must be between 1 and {}", MAX_WINDOW.as_secs()),
+                        ));
+                    }
+                    Some(secs) => Duration::from_secs(secs),
+                };
+                let min_requests = rule.min_requests.unwrap_or(20);
+                let threshold = |valid: &dyn Fn(f64) -> bool, what: &str| match rule.threshold {
+                    Some(value) if valid(value) => Ok(value),
+                    _ => Err(error(key("threshold"), origins, what.to_owned())),
+                };
+                let kind = match rule.kind.as_str() {
+                    "error_rate" => RuleKind::ErrorRate {
+                        threshold: threshold(
+                            &|v| v > 0.0 && v <= 1.0,
+                            "is required: a share of requests between 0 and 1",
+                        )?,
+                        window,
+                        min_requests,
+                    },
+                    "p95_latency" => RuleKind::P95Latency {
+                        threshold_ms: threshold(&|v| v > 0.0, "is required: milliseconds above 0")?,
+                        window,
+                        min_requests,
+                    },
+                    "circuit_open" => RuleKind::CircuitOpen,
+                    "budget" => RuleKind::Budget,
+                    "critical_error" => RuleKind::CriticalError,
+                    "anomaly" => RuleKind::Anomaly {
+                        sensitivity: match rule.sensitivity {
+                            None => 6.0,
+                            Some(k) if k > 0.0 => k,
+                            Some(_) => {
+                                return Err(error(key("sensitivity"), origins, "must be above 0"));
+                            }
+                        },
+                        min_requests: rule.min_requests.unwrap_or(10),
+                    },
+                    other => {
+                        return Err(error(
+                            key("kind"),
+                            origins,
+                            format!(
+                                "`{other}` is not one of: error_rate, p95_latency, circuit_open, budget, critical_error, anomaly"
+                            ),
+                        ));
+                    }
+                };
+                if let Some(names) = &rule.channels
+                    && let Some(unknown) = names
+                        .iter()
+                        .find(|n| !channels.iter().any(|c| &c.name == *n))
+                {
+                    return Err(error(
+                        key("channels"),
+                        origins,
+                        format!("no channel is named `{unknown}`"),
+                    ));
+                }
+                rules.push(AlertRule {
+                    name: rule.name,
+                    kind,
+                    severity: severity(
+                        rule.severity.as_deref(),
+                        AlertSeverity::Warning,
+                        &key("severity"),
+                    )?,
+                    channels: rule.channels,
+                });
+            }
+            rules
+        }
+    };
+    Ok(AlertSettings {
+        evaluate_interval: Duration::from_millis(positive(
+            raw.evaluate_interval_ms,
+            defaults.evaluate_interval.as_millis() as u64,
+            "alerts.evaluate_interval_ms",
+            origins,
+        )?),
+        dedupe: Duration::from_secs(
+            60 * raw.dedupe_minutes.unwrap_or(defaults.dedupe.as_secs() / 60),
+        ),
+        max_per_hour: positive(
+            raw.max_per_hour,
+            u64::from(defaults.max_per_hour),
+            "alerts.max_per_hour",
+            origins,
+        )?
+        .min(u64::from(u32::MAX)) as u32,
+        rules,
+        channels,
     })
 }
 fn validate_routing(raw: RawRouting, origins: &Origins) -> Result<RoutingSettings, ConfigError> {
@@ -1400,6 +1664,11 @@ fn upkeep_settings(
                 retention.server_logs_days,
                 defaults.retention.server_logs,
                 "retention.server_logs_days",
+            )?,
+            alerts: days(
+                retention.alerts_days,
+                defaults.retention.alerts,
+                "retention.alerts_days",
             )?,
         },
     })

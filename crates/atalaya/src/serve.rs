@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use atalaya_gateway::alerts::{Alerts, Signal};
 use atalaya_gateway::{
     Actor, Auditor, Budgets, Events, Gateway, KeyCache, Limits, LocalRates, Routing, Shared,
 };
@@ -110,12 +111,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let routing = Routing::new(&settings.gateway).context("configuring models")?;
     let events = Events::default();
-    atalaya_gateway::events::announce_breakers(&routing, &events);
+    let alerts = Alerts::new(
+        settings.gateway.alerts.clone(),
+        store.clone(),
+        events.clone(),
+    );
+    let evaluation = alerts.spawn();
+    atalaya_gateway::events::announce_breakers(&routing, &events, Some(alerts.clone()));
+    let critical = alerts.clone();
     crate::reports::spawn_writer(
         store.clone(),
         reports,
         events.clone(),
-        |_| {},
+        move |change| {
+            if change.severity == atalaya_telemetry::Severity::Critical {
+                critical.signal(Signal::CriticalError {
+                    fingerprint: change.fingerprint.clone(),
+                    component: change.component.clone(),
+                    message: change.message.clone(),
+                    count: change.count,
+                });
+            }
+        },
         &tracker,
         shutdown.clone(),
     );
@@ -139,6 +156,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         events,
         reporter: Some(reporter),
+        alerts: Some(alerts.clone()),
     };
     let mut workers = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -179,6 +197,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "Connections still open after the grace period; closing them."
         );
     }
+    // A last look, so what happened in the final interval is alerted too.
+    evaluation.abort();
+    alerts.evaluate(atalaya_store::now_ms()).await;
     tracker.close();
     if tokio::time::timeout(grace + Duration::from_secs(10), tracker.wait())
         .await
@@ -330,6 +351,11 @@ fn register_secrets(
 ) -> anyhow::Result<()> {
     use secrecy::ExposeSecret as _;
     let mut secrets: Vec<&str> = own.iter().map(|s| s.expose_secret()).collect();
+    for channel in &gateway.alerts.channels {
+        if let atalaya_gateway::alerts::ChannelKind::Webhook { headers, .. } = &channel.kind {
+            secrets.extend(headers.iter().map(|(_, value)| value.expose_secret()));
+        }
+    }
     for provider in &gateway.providers {
         secrets.extend(provider.api_keys.iter().map(|k| k.expose_secret()));
         if let Some(aws) = &provider.aws {

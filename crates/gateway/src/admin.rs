@@ -371,6 +371,27 @@ pub(crate) async fn list_logs(
     }
 }
 
+/// `GET /api/v1/alerts?limit=100&before=SEQ`: alerts fired and resolved, newest first.
+pub(crate) async fn list_alerts(
+    State(gateway): State<Arc<Gateway>>,
+    params: Result<Query<LogParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(params) = match params {
+        Ok(params) => params,
+        Err(rejection) => return page_query_error(&rejection).into_response(),
+    };
+    let limit = params.limit.unwrap_or(100).clamp(1, 1_000);
+    match gateway.store.list_alerts(limit, params.before).await {
+        Ok(data) => {
+            let next_before = (data.len() == limit as usize)
+                .then(|| data.last().map(|row| row.seq))
+                .flatten();
+            Json(serde_json::json!({"data": data, "next_before": next_before})).into_response()
+        }
+        Err(error) => storage_error(error).into_response(),
+    }
+}
+
 pub(crate) async fn list_providers(State(gateway): State<Arc<Gateway>>) -> Response {
     Json(serde_json::json!({ "data": gateway.providers() })).into_response()
 }

@@ -30,6 +30,8 @@ pub struct GatewayConfig {
     pub team_budgets: Vec<crate::budgets::TeamBudget>,
     /// Guardrails on prompts, first matching rule wins.
     pub guardrails: Vec<crate::guardrails::GuardRule>,
+    /// Alert rules and the channels they go to.
+    pub alerts: crate::alerts::AlertSettings,
 }
 
 #[derive(Debug, Clone)]

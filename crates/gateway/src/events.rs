@@ -23,7 +23,7 @@ use crate::Gateway;
 use crate::error::ApiError;
 
 /// The kinds of event, as named on the wire.
-pub const KINDS: [&str; 4] = ["request", "breaker", "budget", "error"];
+pub const KINDS: [&str; 5] = ["request", "breaker", "budget", "error", "alert"];
 
 /// Events held for slow subscribers before they start missing some.
 const CAPACITY: usize = 4_096;
@@ -96,11 +96,23 @@ struct BreakerEvent<'a> {
     open_ms: Option<u64>,
 }
 
-/// Puts every deployment's breaker transitions on the feed.
-pub fn announce_breakers(routing: &crate::Routing, events: &Events) {
+/// Puts every deployment's breaker transitions on the feed, and hands them to the alerts.
+pub fn announce_breakers(
+    routing: &crate::Routing,
+    events: &Events,
+    alerts: Option<Arc<crate::alerts::Alerts>>,
+) {
     for breaker in routing.breakers() {
         let events = events.clone();
+        let alerts = alerts.clone();
         breaker.set_listener(Arc::new(move |transition| {
+            if let Some(alerts) = &alerts {
+                alerts.signal(crate::alerts::Signal::Breaker {
+                    breaker: transition.breaker.to_owned(),
+                    to: transition.to.as_str(),
+                    reason: transition.reason.to_owned(),
+                });
+            }
             events.publish(
                 "breaker",
                 &BreakerEvent {

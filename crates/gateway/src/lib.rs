@@ -10,6 +10,7 @@
 //! hands it a validated `GatewayConfig`.
 
 mod admin;
+pub mod alerts;
 mod analytics;
 mod audit;
 mod auth;
@@ -81,6 +82,8 @@ pub struct Gateway {
     events: Events,
     /// Where failed requests are reported for error tracking.
     reporter: Option<atalaya_telemetry::Reporter>,
+    /// Shared by every worker: alert rules over requests, breakers, budgets and errors.
+    alerts: Option<Arc<alerts::Alerts>>,
     /// This worker's HTTP clients.
     providers: Providers,
     metrics: PrometheusHandle,
@@ -128,6 +131,7 @@ pub struct Shared {
     pub events: Events,
     /// Error tracking; `None` leaves failed requests to the request log alone.
     pub reporter: Option<atalaya_telemetry::Reporter>,
+    pub alerts: Option<Arc<alerts::Alerts>>,
 }
 
 impl Gateway {
@@ -145,6 +149,7 @@ impl Gateway {
             routing: shared.routing,
             events: shared.events,
             reporter: shared.reporter,
+            alerts: shared.alerts,
             metrics: shared.metrics,
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
@@ -220,6 +225,14 @@ impl Gateway {
             crossing.which
         );
         self.events.publish("budget", &crossing);
+        if let Some(alerts) = &self.alerts {
+            alerts.signal(alerts::Signal::Budget {
+                scope: crossing.scope.clone(),
+                which: crossing.which,
+                spent: crossing.spent,
+                limit: crossing.limit,
+            });
+        }
         let auditor = self.auditor.clone();
         tokio::spawn(async move {
             let actor = Actor {
@@ -327,6 +340,9 @@ impl Gateway {
         };
         if self.events.active() {
             self.events.publish("request", &row);
+        }
+        if let (Some(alerts), Some(deployment)) = (&self.alerts, &exchange.deployment) {
+            alerts.observe(deployment, status, total.as_secs_f64() * 1e3);
         }
         if let Some(reporter) = &self.reporter
             && let Some(report) = errors::request_failure(context, status, exchange)
@@ -538,7 +554,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             .route("/api/v1/errors", get(errors::list))
             .route("/api/v1/errors/stats", get(errors::stats))
             .route("/api/v1/errors/{fingerprint}", get(errors::show))
-            .route("/api/v1/server-logs", get(errors::server_logs)),
+            .route("/api/v1/server-logs", get(errors::server_logs))
+            .route("/api/v1/alerts", get(admin::list_alerts)),
         auth::Permission::Read,
     );
     let audit = guarded(

@@ -5,6 +5,7 @@
 //! crate's business (SQLite today, PostgreSQL added behind the same methods). The store
 //! knows nothing of HTTP, hashing or routing.
 
+mod alerts;
 mod analytics;
 mod audit;
 mod errors;
@@ -22,6 +23,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use alerts::AlertRow;
 pub use analytics::{
     Aggregate, AnalyticsFilter, Dimension, GroupKey, Grouping, HOUR_MS, Histogram, Percentiles,
     Stats,

@@ -20,6 +20,7 @@ pub struct Retention {
     pub errors: Option<Duration>,
     /// The server's own warnings and errors in the database.
     pub server_logs: Option<Duration>,
+    pub alerts: Option<Duration>,
 }
 
 impl Default for Retention {
@@ -30,6 +31,7 @@ impl Default for Retention {
             rollups: Some(Duration::from_secs(400 * DAY)),
             errors: Some(Duration::from_secs(90 * DAY)),
             server_logs: Some(Duration::from_secs(30 * DAY)),
+            alerts: Some(Duration::from_secs(90 * DAY)),
         }
     }
 }
@@ -65,6 +67,7 @@ pub struct Deleted {
     pub rollups: u64,
     pub errors: u64,
     pub server_logs: u64,
+    pub alerts: u64,
 }
 
 impl Store {
@@ -132,6 +135,15 @@ impl Store {
                 )
                 .await?;
         }
+        if let Some(before) = cutoff(retention.alerts) {
+            deleted.alerts = self
+                .delete_chunked(
+                    "DELETE FROM alerts WHERE seq IN \
+                     (SELECT seq FROM alerts WHERE time_ms < ? LIMIT ?)",
+                    before,
+                )
+                .await?;
+        }
         Ok(deleted)
     }
 
@@ -178,6 +190,7 @@ pub fn spawn_upkeep(
                                 rollups = deleted.rollups,
                                 errors = deleted.errors,
                                 server_logs = deleted.server_logs,
+                                alerts = deleted.alerts,
                                 "Retention clean-up deleted old records."
                             );
                         }

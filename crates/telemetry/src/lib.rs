@@ -68,6 +68,12 @@ pub mod names {
     pub const ERROR_REPORTS_DROPPED: &str = "atalaya_error_reports_dropped_total";
     /// Errors tracked, by `severity` and `service`.
     pub const ERRORS: &str = "atalaya_errors_total";
+    /// Alerts fired or resolved, by `rule`, `severity` and `state`.
+    pub const ALERTS: &str = "atalaya_alerts_total";
+    /// Alerts not sent, by `reason` (duplicate, rate_limited).
+    pub const ALERTS_SUPPRESSED: &str = "atalaya_alerts_suppressed_total";
+    /// Alert deliveries by `channel` and `outcome` (sent, failed).
+    pub const ALERT_NOTIFICATIONS: &str = "atalaya_alert_notifications_total";
 }
 
 /// Latency buckets from 0.5 ms to 5 min: gateway overhead sits at the low end, long
@@ -188,6 +194,18 @@ fn describe() {
         "Warnings, errors and failed requests not tracked because the report queue was full."
     );
     describe_counter!(ERRORS, "Errors tracked, by severity and service.");
+    describe_counter!(
+        ALERTS,
+        "Alerts fired or resolved, by rule, severity and state."
+    );
+    describe_counter!(
+        ALERTS_SUPPRESSED,
+        "Alerts not sent, by reason (duplicate, rate_limited)."
+    );
+    describe_counter!(
+        ALERT_NOTIFICATIONS,
+        "Alert deliveries by channel and outcome (sent, failed)."
+    );
     describe_counter!(
         KEYS_DISABLED,
         "Upstream API keys disabled after the provider refused them, by provider."

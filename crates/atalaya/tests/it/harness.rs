@@ -432,3 +432,122 @@ pub async fn create_key(server: &Server, body: serde_json::Value) -> Value {
     assert_eq!(status, 201, "{created}");
     created
 }
+
+/// A local HTTP receiver for webhooks: records every POST (path, headers, JSON body).
+/// Requests a hook receiver took: path, headers and JSON body.
+type Received = Arc<Mutex<Vec<(String, reqwest::header::HeaderMap, Value)>>>;
+
+pub struct HookReceiver {
+    pub url: String,
+    pub received: Received,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl HookReceiver {
+    pub async fn start() -> HookReceiver {
+        let received: Arc<Mutex<Vec<(String, reqwest::header::HeaderMap, Value)>>> = Arc::default();
+        let sink = received.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let sink = sink.clone();
+            async move {
+                let path = request.uri().path().to_owned();
+                let headers = request.headers().clone();
+                let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+                    .await
+                    .unwrap_or_default();
+                let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                sink.lock().unwrap().push((path, headers, value));
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        HookReceiver {
+            url,
+            received,
+            _task: task,
+        }
+    }
+
+    pub fn bodies(&self, path: &str) -> Vec<Value> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, _, body)| body.clone())
+            .collect()
+    }
+}
+
+/// Messages an SMTP sink took: recipients and text.
+type Mailbox = Arc<Mutex<Vec<(Vec<String>, String)>>>;
+
+/// A local SMTP sink: answers like a relay and records each message's envelope and text.
+pub struct SmtpSink {
+    pub port: u16,
+    pub messages: Mailbox,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let messages: Mailbox = Arc::default();
+        let sink = messages.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let (reader, mut writer) = stream.into_split();
+                    let mut lines = tokio::io::BufReader::new(reader).lines();
+                    let _ = writer.write_all(b"220 sink ESMTP\r\n").await;
+                    let mut recipients = Vec::new();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let upper = line.to_ascii_uppercase();
+                        let answer: &[u8] = if upper.starts_with("EHLO") {
+                            b"250-sink\r\n250 8BITMIME\r\n"
+                        } else if upper.starts_with("RCPT TO:") {
+                            recipients.push(line[8..].trim_matches(['<', '>', ' ']).to_owned());
+                            b"250 ok\r\n"
+                        } else if upper == "DATA" {
+                            let _ = writer.write_all(b"354 go on\r\n").await;
+                            let mut text = String::new();
+                            while let Ok(Some(data)) = lines.next_line().await {
+                                if data == "." {
+                                    break;
+                                }
+                                text.push_str(data.strip_prefix('.').unwrap_or(&data));
+                                text.push('\n');
+                            }
+                            sink.lock()
+                                .unwrap()
+                                .push((std::mem::take(&mut recipients), text));
+                            b"250 queued\r\n"
+                        } else if upper == "QUIT" {
+                            let _ = writer.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                        let _ = writer.write_all(answer).await;
+                    }
+                });
+            }
+        });
+        SmtpSink {
+            port,
+            messages,
+            _task: task,
+        }
+    }
+
+    pub fn messages(&self) -> Vec<(Vec<String>, String)> {
+        self.messages.lock().unwrap().clone()
+    }
+}

@@ -3,6 +3,7 @@
 //! End-to-end tests: the real `atalaya` binary on ephemeral ports, with `mock-provider`
 //! as the upstream where one is needed.
 
+mod alerts;
 mod analytics;
 mod audit;
 mod bad_input;

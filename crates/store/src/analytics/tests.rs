@@ -218,6 +218,7 @@ async fn retention_deletes_old_rows_after_rolling_them_up() {
         rollups: None,
         errors: None,
         server_logs: None,
+        alerts: None,
     };
     let deleted = store
         .apply_retention(&retention, T0 + 27 * HOUR_MS)
@@ -245,6 +246,7 @@ async fn retention_deletes_old_rows_after_rolling_them_up() {
         rollups: Some(std::time::Duration::from_secs(86_400)),
         errors: None,
         server_logs: None,
+        alerts: None,
     };
     let deleted = store
         .apply_retention(&retention, T0 + 27 * HOUR_MS)
