@@ -130,13 +130,7 @@ pub(crate) async fn translated(
         stream: request.stream,
     };
     let response = upstream
-        .post(
-            call,
-            body,
-            &leg.context.id,
-            &[],
-            leg.limits.ttfb_left(started),
-        )
+        .post(call, body, leg.context, &[], leg.limits.ttfb_left(started))
         .await
         .map_err(|failure| upstream_failure(leg.route, failure, exchange))?;
     let notes = rate_limit_notes(upstream.kind, response.headers());

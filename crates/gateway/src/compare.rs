@@ -276,6 +276,7 @@ async fn run_leg(
         started_at_ms: atalaya_store::now_ms(),
         endpoint: "compare",
         format: ClientFormat::OpenAi,
+        trace: crate::trace::Trace::from_headers(headers),
     };
     let mut exchange = Exchange::for_caller(caller);
     let bytes = Bytes::from(Value::Object(body).to_string());

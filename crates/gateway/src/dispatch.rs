@@ -423,7 +423,14 @@ pub(crate) async fn serve(
                 lease: &lease,
                 headers,
             };
-            let result = attempt(&leg, inbound, exchange).await;
+            let span = tracing::debug_span!(
+                "attempt",
+                model = %name,
+                deployment = %deployment.id,
+                attempt = attempts,
+            );
+            let result =
+                tracing::Instrument::instrument(attempt(&leg, inbound, exchange), span).await;
             let lease = lease.lock().ok().and_then(|mut l| l.take());
             match result {
                 Ok(mut response) => {

@@ -31,6 +31,7 @@ pub mod presets;
 mod providers;
 mod relay;
 mod routing;
+mod trace;
 mod usage;
 mod v1;
 
@@ -461,6 +462,8 @@ pub(crate) struct RequestContext {
     /// A bounded label naming the endpoint.
     pub endpoint: &'static str,
     pub format: ClientFormat,
+    /// The W3C trace this request belongs to.
+    pub trace: trace::Trace,
 }
 
 /// What a handler learned about a data-plane request, for its log row and metrics.
@@ -701,10 +704,19 @@ async fn request_context(
         } else {
             ClientFormat::OpenAi
         },
+        trace: trace::Trace::from_headers(request.headers()),
     };
     let header_value = HeaderValue::from_str(&context.id).ok();
+    // Every log line while the request is handled carries its id and trace id.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %context.id,
+        trace_id = %context.trace.id,
+        method = %request.method(),
+        path = request.uri().path(),
+    );
     request.extensions_mut().insert(context);
-    let mut response = next.run(request).await;
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     if let Some(value) = header_value {
         response.headers_mut().insert("x-request-id", value);
     }

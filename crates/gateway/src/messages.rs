@@ -93,7 +93,7 @@ pub(crate) async fn passthrough(
         .post(
             call,
             upstream_body,
-            &leg.context.id,
+            leg.context,
             &forwarded,
             leg.limits.ttfb_left(started),
         )

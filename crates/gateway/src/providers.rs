@@ -365,7 +365,7 @@ impl Upstream {
         &self,
         call: Call<'_>,
         body: Vec<u8>,
-        request_id: &str,
+        context: &crate::RequestContext,
         headers: &[(HeaderName, HeaderValue)],
         ttfb: Duration,
     ) -> Result<reqwest::Response, UpstreamFailure> {
@@ -387,11 +387,20 @@ impl Upstream {
         for (name, value) in headers {
             request = request.header(name.clone(), value.clone());
         }
-        if let Ok(value) = HeaderValue::from_str(request_id) {
+        if let Ok(value) = HeaderValue::from_str(&context.id) {
             request = request.header("x-request-id", value);
         }
+        for (name, value) in context.trace.upstream_headers() {
+            request = request.header(name, value);
+        }
         let request = request.body(body);
-        match tokio::time::timeout(ttfb, request.send()).await {
+        let span = tracing::debug_span!(
+            "upstream",
+            host = url.host_str().unwrap_or(""),
+            path = url.path()
+        );
+        let sent = tracing::Instrument::instrument(request.send(), span);
+        match tokio::time::timeout(ttfb, sent).await {
             Err(_) => Err(UpstreamFailure::Timeout(ttfb)),
             Ok(Ok(response)) => {
                 if matches!(response.status().as_u16(), 401 | 403)

@@ -116,7 +116,7 @@ pub(crate) async fn passthrough(
         .post(
             call,
             upstream_body,
-            &leg.context.id,
+            leg.context,
             &[],
             leg.limits.ttfb_left(upstream_started),
         )
@@ -258,7 +258,7 @@ pub(crate) async fn embed_with(
                 .post(
                     Call::Embed { model, batch: true },
                     request.upstream_body(model),
-                    &leg.context.id,
+                    leg.context,
                     &[],
                     ttfb,
                 )
@@ -278,7 +278,7 @@ pub(crate) async fn embed_with(
                 ),
             };
             let response = upstream
-                .post(Call::Embed { model, batch }, call_body, &leg.context.id, &[], ttfb)
+                .post(Call::Embed { model, batch }, call_body, leg.context, &[], ttfb)
                 .await
                 .map_err(|failure| chat::upstream_failure(route, failure, exchange))?;
             let (status, headers, bytes) =

@@ -23,6 +23,7 @@ mod request_log;
 mod roles;
 mod routing;
 mod sim;
+mod tracing;
 mod transport;
 mod upstream;
 mod vault;
