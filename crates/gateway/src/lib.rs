@@ -93,6 +93,9 @@ pub struct Gateway {
     cors_origins: Vec<String>,
     guardrails: Vec<GuardRule>,
     handles: std::sync::Mutex<std::collections::HashMap<HandleKey, Arc<Handles>>>,
+    /// Spend metric handles per (key id, team).
+    spend_handles:
+        std::sync::Mutex<std::collections::HashMap<(String, Option<String>), Arc<SpendHandles>>>,
 }
 
 /// A configured provider, for `atalaya serve`'s start-up log and the providers API.
@@ -157,6 +160,7 @@ impl Gateway {
             cors_origins: config.cors_origins.clone(),
             guardrails: config.guardrails.clone(),
             handles: std::sync::Mutex::default(),
+            spend_handles: std::sync::Mutex::default(),
         }))
     }
 
@@ -301,6 +305,18 @@ impl Gateway {
             if let Some(cost) = cost {
                 routed.cost.increment(cost);
             }
+            if let Some(key) = &exchange.key
+                && (exchange.usage.is_some() || cost.is_some())
+            {
+                let spend = self.spend_handles(key);
+                if let Some(usage) = exchange.usage {
+                    spend.prompt_tokens.increment(usage.prompt_tokens);
+                    spend.completion_tokens.increment(usage.completion_tokens);
+                }
+                if let Some(cost) = cost {
+                    spend.cost.increment(cost);
+                }
+            }
         }
         if let Some(class) = exchange
             .upstream_error_class
@@ -363,6 +379,12 @@ struct Handles {
     routed: Option<RoutedHandles>,
 }
 
+struct SpendHandles {
+    prompt_tokens: metrics::Counter,
+    completion_tokens: metrics::Counter,
+    cost: metrics::Gauge,
+}
+
 struct RoutedHandles {
     overhead: metrics::Histogram,
     ttft: metrics::Histogram,
@@ -380,6 +402,30 @@ type HandleKey = (
 );
 
 impl Gateway {
+    /// Tokens and cost per virtual key (labelled with its team); bounded by the keys that
+    /// exist, which only admins create.
+    fn spend_handles(&self, key: &atalaya_store::KeyRecord) -> Arc<SpendHandles> {
+        let cache_key = (key.id.to_string(), key.team.clone());
+        if let Some(handles) = self
+            .spend_handles
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&cache_key).cloned())
+        {
+            return handles;
+        }
+        let (id, team) = (cache_key.0.clone(), key.team.clone().unwrap_or_default());
+        let handles = Arc::new(SpendHandles {
+            prompt_tokens: metrics::counter!(names::KEY_TOKENS, "key" => id.clone(), "team" => team.clone(), "kind" => "prompt"),
+            completion_tokens: metrics::counter!(names::KEY_TOKENS, "key" => id.clone(), "team" => team.clone(), "kind" => "completion"),
+            cost: metrics::gauge!(names::KEY_COST, "key" => id, "team" => team),
+        });
+        if let Ok(mut cache) = self.spend_handles.lock() {
+            cache.insert(cache_key, handles.clone());
+        }
+        handles
+    }
+
     fn handles(
         &self,
         endpoint: &'static str,
@@ -821,6 +867,10 @@ fn not_ready(reason: &str) -> Response {
 }
 
 async fn render_metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    atalaya_telemetry::process::record();
+    if let Some(reporter) = &gateway.reporter {
+        metrics::gauge!(names::ERROR_REPORTS_PENDING).set(reporter.pending() as f64);
+    }
     (
         [(
             header::CONTENT_TYPE,

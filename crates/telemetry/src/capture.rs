@@ -85,6 +85,11 @@ pub fn channel() -> (Reporter, mpsc::Receiver<Report>) {
 }
 
 impl Reporter {
+    /// Reports waiting for the writer.
+    pub fn pending(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
     pub fn report(&self, report: Report) {
         if self.sender.try_send(report).is_err() {
             metrics::counter!(names::ERROR_REPORTS_DROPPED).increment(1);

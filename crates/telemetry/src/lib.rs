@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub mod capture;
 pub mod civil;
 mod file;
+pub mod process;
 
 pub use capture::{Report, Reporter, Severity};
 
@@ -68,6 +69,12 @@ pub mod names {
     pub const ERROR_REPORTS_DROPPED: &str = "atalaya_error_reports_dropped_total";
     /// Errors tracked, by `severity` and `service`.
     pub const ERRORS: &str = "atalaya_errors_total";
+    /// Tokens by virtual `key` (its id), `team` and `kind`; bounded by the keys admins create.
+    pub const KEY_TOKENS: &str = "atalaya_key_tokens_total";
+    /// USD at catalog prices by virtual `key` and `team`, since start; never decreases.
+    pub const KEY_COST: &str = "atalaya_key_cost_usd";
+    /// Error reports waiting for the writer.
+    pub const ERROR_REPORTS_PENDING: &str = "atalaya_error_reports_pending";
     /// Alerts fired or resolved, by `rule`, `severity` and `state`.
     pub const ALERTS: &str = "atalaya_alerts_total";
     /// Alerts not sent, by `reason` (duplicate, rate_limited).
@@ -194,6 +201,16 @@ fn describe() {
         "Warnings, errors and failed requests not tracked because the report queue was full."
     );
     describe_counter!(ERRORS, "Errors tracked, by severity and service.");
+    describe_counter!(KEY_TOKENS, "Tokens by virtual key, team and kind.");
+    describe_gauge!(
+        KEY_COST,
+        "USD at catalog prices by virtual key and team since start; never decreases."
+    );
+    describe_gauge!(
+        ERROR_REPORTS_PENDING,
+        "Error reports waiting for the writer."
+    );
+    process::describe();
     describe_counter!(
         ALERTS,
         "Alerts fired or resolved, by rule, severity and state."

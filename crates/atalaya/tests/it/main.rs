@@ -17,6 +17,7 @@ mod harness;
 mod keys;
 mod masking;
 mod messages;
+mod metrics;
 mod providers;
 mod rate_limits;
 mod request_log;
