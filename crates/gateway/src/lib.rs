@@ -379,6 +379,9 @@ struct Handles {
     routed: Option<RoutedHandles>,
 }
 
+/// A virtual key's id and team.
+type SpendKey = (String, Option<String>);
+
 struct SpendHandles {
     prompt_tokens: metrics::Counter,
     completion_tokens: metrics::Counter,
