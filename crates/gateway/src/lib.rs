@@ -94,8 +94,7 @@ pub struct Gateway {
     guardrails: Vec<GuardRule>,
     handles: std::sync::Mutex<std::collections::HashMap<HandleKey, Arc<Handles>>>,
     /// Spend metric handles per (key id, team).
-    spend_handles:
-        std::sync::Mutex<std::collections::HashMap<(String, Option<String>), Arc<SpendHandles>>>,
+    spend_handles: std::sync::Mutex<std::collections::HashMap<SpendKey, Arc<SpendHandles>>>,
 }
 
 /// A configured provider, for `atalaya serve`'s start-up log and the providers API.
