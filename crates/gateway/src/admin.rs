@@ -353,17 +353,78 @@ pub(crate) struct LogParams {
     before: Option<i64>,
 }
 
+/// `GET /api/v1/logs` filters: every one given must match.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RequestLogParams {
+    limit: Option<u32>,
+    before: Option<i64>,
+    key: Option<String>,
+    team: Option<String>,
+    model: Option<String>,
+    provider: Option<String>,
+    deployment: Option<String>,
+    /// An HTTP status, or `failed` for every status from 400.
+    status: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
 pub(crate) async fn list_logs(
     State(gateway): State<Arc<Gateway>>,
-    params: Result<Query<LogParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<RequestLogParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Query(params) = match params {
         Ok(params) => params,
         Err(rejection) => return page_query_error(&rejection).into_response(),
     };
+    let (status, failed) = match params.status.as_deref() {
+        None => (None, false),
+        Some("failed") => (None, true),
+        Some(text) => match text.parse::<u16>() {
+            Ok(code) => (Some(i64::from(code)), false),
+            Err(_) => {
+                return ApiError::invalid_request(
+                    "invalid_value",
+                    format!("'status' must be an HTTP status code or `failed`; got `{text}`."),
+                )
+                .with_param("status")
+                .into_response();
+            }
+        },
+    };
+    let now = atalaya_store::now_ms();
+    let mut times = [None, None];
+    for (slot, (name, value)) in times
+        .iter_mut()
+        .zip([("from", &params.from), ("to", &params.to)])
+    {
+        if let Some(text) = value {
+            match crate::analytics::time_ms(text, now) {
+                Some(ms) => *slot = Some(ms),
+                None => {
+                    return ApiError::invalid_request(
+                        "invalid_value",
+                        format!("'{name}' must be epoch milliseconds, an RFC 3339 time or a duration such as 24h; got `{text}`."),
+                    )
+                    .with_param(name)
+                    .into_response();
+                }
+            }
+        }
+    }
     let query = LogQuery {
         limit: params.limit.unwrap_or(100),
         before_seq: params.before,
+        key_id: params.key,
+        team: params.team,
+        model: params.model,
+        provider: params.provider,
+        deployment: params.deployment,
+        status,
+        failed,
+        from_ms: times[0],
+        to_ms: times[1],
     };
     match gateway.store.list_request_logs(query).await {
         Ok(page) => Json(page).into_response(),

@@ -48,11 +48,22 @@ fn is_zero(value: &i64) -> bool {
     *value == 0
 }
 
-/// A page request: newest first, strictly older than `before_seq` when given.
-#[derive(Debug, Clone, Copy)]
+/// A page request: newest first, strictly older than `before_seq` when given, with only the
+/// rows that match every filter given.
+#[derive(Debug, Clone, Default)]
 pub struct LogQuery {
     pub limit: u32,
     pub before_seq: Option<i64>,
+    pub key_id: Option<String>,
+    pub team: Option<String>,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub deployment: Option<String>,
+    pub status: Option<i64>,
+    /// Status 400 and above only.
+    pub failed: bool,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,17 +144,39 @@ impl Store {
 
     pub async fn list_request_logs(&self, query: LogQuery) -> Result<LogPage, StoreError> {
         let limit = i64::from(query.limit.clamp(1, 1_000));
-        let sql = concat!(
+        let mut sql = QueryBuilder::new(concat!(
             "SELECT ",
             columns!(),
-            " FROM request_logs WHERE seq < ? ORDER BY seq DESC LIMIT ?"
-        );
-        let data: Vec<RequestLogRow> = sqlx::query_as(sql)
-            .bind(query.before_seq.unwrap_or(i64::MAX))
-            .bind(limit + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut data = data;
+            " FROM request_logs WHERE seq < "
+        ));
+        sql.push_bind(query.before_seq.unwrap_or(i64::MAX));
+        let texts = [
+            ("key_id", &query.key_id),
+            ("team", &query.team),
+            ("model", &query.model),
+            ("provider", &query.provider),
+            ("deployment", &query.deployment),
+        ];
+        for (column, value) in texts {
+            if let Some(value) = value {
+                sql.push(format_args!(" AND {column} = "))
+                    .push_bind(value.clone());
+            }
+        }
+        if let Some(status) = query.status {
+            sql.push(" AND status = ").push_bind(status);
+        }
+        if query.failed {
+            sql.push(" AND status >= 400");
+        }
+        if let Some(from) = query.from_ms {
+            sql.push(" AND created_at_ms >= ").push_bind(from);
+        }
+        if let Some(to) = query.to_ms {
+            sql.push(" AND created_at_ms < ").push_bind(to);
+        }
+        sql.push(" ORDER BY seq DESC LIMIT ").push_bind(limit + 1);
+        let mut data: Vec<RequestLogRow> = sql.build_query_as().fetch_all(&self.pool).await?;
         let next_before = if data.len() as i64 > limit {
             data.truncate(limit as usize);
             data.last().map(|row| row.seq)

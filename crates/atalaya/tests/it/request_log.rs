@@ -177,3 +177,51 @@ async fn a_full_buffer_drops_rows_counts_them_and_keeps_the_rest() {
         dropped
     );
 }
+
+#[tokio::test]
+async fn the_request_log_filters_by_status_model_key_and_time() {
+    let server = serve(ServeOptions::default());
+    let created = create_key(&server, serde_json::json!({"team": "red"})).await;
+    let (key, id) = (
+        created["key"].as_str().unwrap(),
+        created["id"].as_str().unwrap(),
+    );
+    let url = format!("{}/v1/chat/completions", server.url());
+    for _ in 0..2 {
+        post(&url, key, &chat_body("sim-chat", false)).await;
+    }
+    post(&url, ADMIN_KEY, &chat_body("sim-chat", false)).await;
+    post(&url, key, &chat_body("no-such-model", false)).await;
+    eventually(std::time::Duration::from_secs(10), || async {
+        (log_rows(&server).await.len() == 4).then_some(())
+    })
+    .await;
+    let count = |query: &'static str| {
+        let server = &server;
+        async move {
+            let (status, body) =
+                get(&format!("{}/api/v1/logs?{query}", server.url()), ADMIN_KEY).await;
+            assert_eq!(status, 200, "{query}: {body}");
+            body["data"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(count("status=404").await, 1);
+    assert_eq!(count("status=failed").await, 1);
+    assert_eq!(count("status=200&model=sim-chat").await, 3);
+    assert_eq!(count("team=red").await, 3);
+    assert_eq!(count("from=1h").await, 4);
+    assert_eq!(count("to=1h").await, 0);
+    let (_, body) = get(
+        &format!("{}/api/v1/logs?key={id}&status=200", server.url()),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    let (status, body) = get(
+        &format!("{}/api/v1/logs?status=bad", server.url()),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "status");
+}
