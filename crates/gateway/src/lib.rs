@@ -32,6 +32,7 @@ mod providers;
 mod relay;
 mod routing;
 mod trace;
+mod ui;
 mod usage;
 mod v1;
 
@@ -633,6 +634,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .merge(audit)
         .merge(operate)
         .merge(call)
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::app))
+        .route("/ui/style.css", get(ui::style))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(render_metrics))

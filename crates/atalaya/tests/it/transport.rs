@@ -262,3 +262,39 @@ fn a_half_tls_config_is_refused() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("server.tls_key"));
 }
+
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary_with_a_strict_policy() {
+    let server = serve(ServeOptions::default());
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = no_redirects
+        .get(format!("{}/ui", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 308);
+    assert_eq!(response.headers()["location"], "/ui/");
+    for (path, kind) in [
+        ("/ui/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+    ] {
+        let response = client()
+            .get(format!("{}{path}", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let headers = response.headers().clone();
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind));
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("default-src 'self'") && policy.contains("connect-src 'self'"));
+        assert!(
+            !response.text().await.unwrap().contains("https://"),
+            "{path} loads nothing from elsewhere"
+        );
+    }
+}
