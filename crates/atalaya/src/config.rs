@@ -204,6 +204,7 @@ struct RawTelemetry {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawRequestLog {
+    enabled: Option<bool>,
     batch_size: Option<u64>,
     flush_interval_ms: Option<u64>,
     buffer_rows: Option<u64>,
@@ -834,6 +835,7 @@ fn validate(
         capture: None,
         database_logs: raw.telemetry.database_logs.unwrap_or(true),
     };
+    let raw_request_log_enabled = raw.request_log.enabled.unwrap_or(true);
     let defaults = LogWriterConfig::default();
     let request_log = LogWriterConfig {
         batch_size: positive(
@@ -1139,6 +1141,7 @@ fn validate(
             team_budgets,
             guardrails,
             alerts,
+            log_requests: raw_request_log_enabled,
         },
     })
 }

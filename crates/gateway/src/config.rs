@@ -32,6 +32,8 @@ pub struct GatewayConfig {
     pub guardrails: Vec<crate::guardrails::GuardRule>,
     /// Alert rules and the channels they go to.
     pub alerts: crate::alerts::AlertSettings,
+    /// Whether data-plane requests are written to the request log (analytics read it).
+    pub log_requests: bool,
 }
 
 #[derive(Debug, Clone)]

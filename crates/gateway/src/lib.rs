@@ -93,6 +93,8 @@ pub struct Gateway {
     max_header_bytes: usize,
     cors_origins: Vec<String>,
     guardrails: Vec<GuardRule>,
+    /// `request_log.enabled`.
+    log_requests: bool,
     handles: std::sync::Mutex<std::collections::HashMap<HandleKey, Arc<Handles>>>,
     /// Spend metric handles per (key id, team).
     spend_handles: std::sync::Mutex<std::collections::HashMap<SpendKey, Arc<SpendHandles>>>,
@@ -159,6 +161,7 @@ impl Gateway {
             max_header_bytes: config.max_header_bytes,
             cors_origins: config.cors_origins.clone(),
             guardrails: config.guardrails.clone(),
+            log_requests: config.log_requests,
             handles: std::sync::Mutex::default(),
             spend_handles: std::sync::Mutex::default(),
         }))
@@ -324,40 +327,6 @@ impl Gateway {
         {
             metrics::counter!(names::UPSTREAM_ERRORS, "provider" => provider.to_owned(), "class" => class).increment(1);
         }
-        let row = RequestLogRow {
-            seq: 0,
-            request_id: context.id.to_string(),
-            created_at_ms: context.started_at_ms,
-            key_id: exchange.key_id.clone(),
-            team: exchange.key.as_ref().and_then(|key| key.team.clone()),
-            endpoint: endpoint.to_owned(),
-            model: exchange.model.clone(),
-            provider: exchange.provider.as_deref().map(str::to_owned),
-            upstream_model: exchange.upstream_model.as_deref().map(str::to_owned),
-            stream: exchange.stream,
-            status: i64::from(status),
-            latency_ms: total.as_secs_f64() * 1e3,
-            ttft_ms: exchange.ttft.map(|t| t.as_secs_f64() * 1e3),
-            prompt_tokens: exchange.usage.map(|u| u.prompt_tokens as i64),
-            completion_tokens: exchange.usage.map(|u| u.completion_tokens as i64),
-            cached_tokens: exchange
-                .usage
-                .filter(|u| u.cached_tokens > 0)
-                .map(|u| u.cached_tokens as i64),
-            usage_estimated: exchange.usage.is_some_and(|u| u.estimated),
-            cost_usd: cost,
-            deployment: exchange.deployment.as_deref().map(str::to_owned),
-            attempts: i64::from(exchange.attempts),
-            retries: i64::from(exchange.retries),
-            fallback_path: exchange.fallback_path.clone(),
-            error: exchange
-                .error
-                .as_deref()
-                .map(|error| atalaya_security::mask::mask(error).into_owned()),
-        };
-        if self.events.active() {
-            self.events.publish("request", &row);
-        }
         if let (Some(alerts), Some(deployment)) = (&self.alerts, &exchange.deployment) {
             alerts.observe(deployment, status, total.as_secs_f64() * 1e3);
         }
@@ -366,7 +335,47 @@ impl Gateway {
         {
             reporter.report(report);
         }
-        self.log_writer.submit(row);
+        // The row is built only for someone who reads it.
+        let watched = self.events.active();
+        if self.log_requests || watched {
+            let row = RequestLogRow {
+                seq: 0,
+                request_id: context.id.to_string(),
+                created_at_ms: context.started_at_ms,
+                key_id: exchange.key_id.clone(),
+                team: exchange.key.as_ref().and_then(|key| key.team.clone()),
+                endpoint: endpoint.to_owned(),
+                model: exchange.model.clone(),
+                provider: exchange.provider.as_deref().map(str::to_owned),
+                upstream_model: exchange.upstream_model.as_deref().map(str::to_owned),
+                stream: exchange.stream,
+                status: i64::from(status),
+                latency_ms: total.as_secs_f64() * 1e3,
+                ttft_ms: exchange.ttft.map(|t| t.as_secs_f64() * 1e3),
+                prompt_tokens: exchange.usage.map(|u| u.prompt_tokens as i64),
+                completion_tokens: exchange.usage.map(|u| u.completion_tokens as i64),
+                cached_tokens: exchange
+                    .usage
+                    .filter(|u| u.cached_tokens > 0)
+                    .map(|u| u.cached_tokens as i64),
+                usage_estimated: exchange.usage.is_some_and(|u| u.estimated),
+                cost_usd: cost,
+                deployment: exchange.deployment.as_deref().map(str::to_owned),
+                attempts: i64::from(exchange.attempts),
+                retries: i64::from(exchange.retries),
+                fallback_path: exchange.fallback_path.clone(),
+                error: exchange
+                    .error
+                    .as_deref()
+                    .map(|error| atalaya_security::mask::mask(error).into_owned()),
+            };
+            if watched {
+                self.events.publish("request", &row);
+            }
+            if self.log_requests {
+                self.log_writer.submit(row);
+            }
+        }
     }
 }
 

@@ -53,8 +53,10 @@ pub struct LogWriter {
 
 struct Shared {
     queue: Mutex<Vec<RequestLogRow>>,
-    /// Most rows the queue holds before the writer takes them.
-    queue_limit: usize,
+    /// Most rows held in all: queued here plus pending in the writer (`held`).
+    buffer_rows: usize,
+    /// Rows the writer has taken but not yet written.
+    held: AtomicUsize,
     batch_size: usize,
     notify: Notify,
     /// Live `LogWriter` handles; the writer drains and stops when none are left.
@@ -84,7 +86,9 @@ impl LogWriter {
         let Ok(mut queue) = self.shared.queue.lock() else {
             return;
         };
-        if queue.len() >= self.shared.queue_limit {
+        // Full only when the whole buffer is: a slow commit must not drop rows while the
+        // writer's side still has room.
+        if queue.len() + self.shared.held.load(Ordering::Relaxed) >= self.shared.buffer_rows {
             drop(queue);
             metrics::counter!(names::LOG_ROWS_DROPPED).increment(1);
             return;
@@ -107,11 +111,12 @@ pub fn spawn_log_writer(
     shutdown: CancellationToken,
 ) -> LogWriter {
     let batch_size = config.batch_size.max(1);
-    // The queue absorbs bursts between wake-ups; the pending buffer absorbs outages.
-    // Together they are bounded by `buffer_rows` plus four batches.
+    // The queue absorbs bursts between wake-ups and slow commits; the pending buffer absorbs
+    // outages. Together they hold at most `buffer_rows`.
     let shared = Arc::new(Shared {
         queue: Mutex::new(Vec::with_capacity(batch_size)),
-        queue_limit: batch_size * 4,
+        buffer_rows: config.buffer_rows.max(batch_size),
+        held: AtomicUsize::new(0),
         batch_size,
         notify: Notify::new(),
         handles: AtomicUsize::new(1),
@@ -139,6 +144,7 @@ async fn run(
 
     loop {
         take_queue(&shared, &mut spare, &mut pending, config.buffer_rows);
+        shared.held.store(pending.len(), Ordering::Relaxed);
         let open = shared.handles.load(Ordering::Acquire) > 0;
         if !open && pending.is_empty() {
             break;
@@ -175,10 +181,12 @@ async fn run(
             continue;
         }
         let take = pending.len().min(config.batch_size);
-        let batch: Vec<RequestLogRow> = pending.range(..take).cloned().collect();
-        match store.insert_request_logs(&batch).await {
+        // Written from the buffer itself: no copy of the rows.
+        let batch = &pending.make_contiguous()[..take];
+        match store.insert_request_logs(batch).await {
             Ok(()) => {
                 pending.drain(..take);
+                shared.held.store(pending.len(), Ordering::Relaxed);
                 // A stall (a slow commit, an outage) can grow the buffer to `buffer_rows`;
                 // give that memory back once it has drained.
                 if pending.capacity() > 8 * config.batch_size
@@ -212,9 +220,14 @@ async fn run(
                 next_attempt = Instant::now() + backoff;
             }
         }
-        metrics::gauge!(names::LOG_ROWS_PENDING).set(pending.len() as f64);
+        metrics::gauge!(names::LOG_ROWS_PENDING).set(waiting(&shared, pending.len()) as f64);
     }
-    metrics::gauge!(names::LOG_ROWS_PENDING).set(pending.len() as f64);
+    metrics::gauge!(names::LOG_ROWS_PENDING).set(waiting(&shared, pending.len()) as f64);
+}
+
+/// Rows not yet written: those the writer holds and those still queued by handlers.
+fn waiting(shared: &Shared, held: usize) -> usize {
+    held + shared.queue.lock().map(|queue| queue.len()).unwrap_or(0)
 }
 
 /// Moves everything queued by handlers into `pending`, dropping (and counting) what does not

@@ -63,7 +63,12 @@ async fn every_request_gets_a_row_and_pages_are_stable() {
 
 #[tokio::test]
 async fn a_locked_database_slows_nothing_and_loses_nothing() {
-    let server = serve(ServeOptions::default());
+    // Small batches: rows queued while a write is stuck far outnumber one batch, and must wait
+    // in the buffer rather than be dropped.
+    let server = serve(ServeOptions {
+        config: "[request_log]\nbatch_size = 4\nbuffer_rows = 1000\n",
+        ..ServeOptions::default()
+    });
     let chat = format!("{}/v1/chat/completions", server.url());
     assert_eq!(
         post(&chat, ADMIN_KEY, &chat_body("sim-chat", false))
@@ -224,4 +229,18 @@ async fn the_request_log_filters_by_status_model_key_and_time() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "status");
+}
+
+#[tokio::test]
+async fn the_request_log_can_be_switched_off() {
+    let server = serve(ServeOptions {
+        config: "[request_log]\nenabled = false\n",
+        ..ServeOptions::default()
+    });
+    let url = format!("{}/v1/chat/completions", server.url());
+    let (status, _, _) = post(&url, ADMIN_KEY, &chat_body("sim-chat", false)).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(log_rows(&server).await.is_empty());
+    assert!(metric(&server, "atalaya_requests_total").await >= 1.0);
 }

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Request-log pipeline benchmark: the gateway under load with the request log on and off,
+# runs alternated (on, off, on, off, ...) to spread the machine's noise. Reports RPS and
+# p50/p99 of each run, the RPS cost of logging (target: under 5 %), and the sustained rate at
+# which rows reached SQLite during the "on" runs, with rows pending and dropped.
+#
+#   bench/logging/run.sh                  # defaults: 15 s runs, 3 pairs, 32 connections
+#   DURATION=30 PAIRS=5 CONNECTIONS=64 bench/logging/run.sh
+#
+# Installs wrk from Debian if it is missing. Traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+duration=${DURATION:-15}
+pairs=${PAIRS:-3}
+conns=${CONNECTIONS:-32}
+threads=${THREADS:-2}
+
+source "$root/bench/lib.sh"
+bench_require wrk=wrk
+
+upstream_key=sk-bench-upstream
+gateway_key=bench-admin-key
+mock_port=$(free_port)
+"$bin" mock-provider --listen 127.0.0.1:"$mock_port" --api-key "$upstream_key" 2>"$work/mock.log" &
+pids+=($!)
+wait_port "$mock_port"
+
+start_gateway() { # name enabled -> sets port and pid
+  local name=$1 enabled=$2
+  port=$(free_port)
+  mkdir -p "$work/$name"
+  printf '[request_log]\nenabled = %s\n' "$enabled" > "$work/$name/atalaya.toml"
+  (cd "$work/$name" && OPENAI_API_KEY=$upstream_key OPENAI_BASE_URL=http://127.0.0.1:$mock_port/v1 \
+    ATALAYA_ADMIN_KEY=$gateway_key RUST_LOG=warn \
+    exec "$bin" serve --config atalaya.toml --listen 127.0.0.1:"$port" --data-dir "$work/$name/data" \
+    2>"$work/$name/log") &
+  pid=$!; pids+=($pid)
+  wait_port "$port"
+}
+start_gateway on true; on_port=$port
+start_gateway off false; off_port=$port
+sleep 0.5
+
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v name="$2" '$1 == name {print $2}'; }
+results=$work/results.txt
+: > "$results"
+run() { # name port
+  local name=$1 port=$2 url="http://127.0.0.1:$2/v1/chat/completions"
+  BENCH_BODY_FILE=$root/bench/gateway/chat.json BENCH_KEY=$gateway_key \
+    wrk -t1 -c"$conns" -d2s -s "$root/bench/gateway/post.lua" "$url" >/dev/null 2>&1 || true
+  local written_before; written_before=$(metric "$port" atalaya_request_log_rows_written_total)
+  local line
+  line=$(BENCH_BODY_FILE=$root/bench/gateway/chat.json BENCH_KEY=$gateway_key \
+    wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s -s "$root/bench/gateway/post.lua" "$url" | grep '^BENCH')
+  # Rows still buffered at the end of the run are written within a flush interval or two.
+  sleep 1
+  local written_after; written_after=$(metric "$port" atalaya_request_log_rows_written_total)
+  local pending; pending=$(metric "$port" atalaya_request_log_rows_pending)
+  local dropped; dropped=$(metric "$port" atalaya_request_log_rows_dropped_total)
+  echo "$name $line written=$(( ${written_after:-0} - ${written_before:-0} )) pending=${pending:-0} dropped=${dropped:-0}" | tee -a "$results"
+}
+for _ in $(seq "$pairs"); do
+  run on "$on_port"
+  run off "$off_port"
+done
+rows=$(sqlite3 "$work/on/data/atalaya.db" 'SELECT COUNT(*) FROM request_logs' 2>/dev/null || echo "?")
+
+python3 - "$results" "$duration" "$rows" <<'PY'
+import re, statistics, sys
+runs = {"on": [], "off": []}
+for line in open(sys.argv[1]):
+    name = line.split()[0]
+    runs[name].append({k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)})
+duration = float(sys.argv[2])
+print()
+print(f"{'run':<6}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/s':>10}{'pending':>9}{'dropped':>9}")
+for name in ("on", "off"):
+    for r in runs[name]:
+        rows_per_s = r["written"] / duration if name == "on" else 0
+        errors = r["errors"] + r["non2xx"]
+        print(f"{name:<6}{r['rps']:>9.0f}{r['p50'] / 1000:>9.2f}{r['p99'] / 1000:>9.2f}{errors:>8.0f}{rows_per_s:>10.0f}{r['pending']:>9.0f}{r['dropped']:>9.0f}")
+on = statistics.median(r["rps"] for r in runs["on"])
+off = statistics.median(r["rps"] for r in runs["off"])
+written = sum(r["written"] for r in runs["on"])
+requests = sum(r["requests"] for r in runs["on"])
+print()
+print(f"median rps: logging on {on:.0f}, off {off:.0f}; logging costs {(1 - on / off) * 100:.1f} % of RPS (target < 5 %)")
+print(f"rows written during 'on' runs: {written:.0f} of {requests:.0f} requests measured "
+      f"(+ warm-ups), {written / (duration * len(runs['on'])):.0f} rows/s sustained; rows in the database: {sys.argv[3]}")
+PY
+mkdir -p "$root/bench/results"
+cp "$results" "$root/bench/results/logging-latest.txt"
