@@ -296,7 +296,7 @@ pub struct Percentiles {
 
 /// The request-log columns analytics read.
 #[derive(Debug, sqlx::FromRow)]
-struct RawRow {
+pub(crate) struct RawRow {
     seq: i64,
     created_at_ms: i64,
     key_id: Option<String>,
@@ -467,10 +467,7 @@ impl Store {
     /// crash leaves either all of a pass or none.
     pub async fn roll_up_request_logs(&self, max_rows: u32) -> Result<usize, StoreError> {
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let (watermark,): (i64,) =
-            sqlx::query_as("SELECT value FROM analytics_state WHERE name = 'rolled_seq'")
-                .fetch_one(&mut *transaction)
-                .await?;
+        let watermark = watermark(&mut transaction).await?;
         let rows: Vec<RawRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{RAW_COLUMNS} WHERE seq > ? ORDER BY seq LIMIT ?"
         )))
@@ -481,59 +478,100 @@ impl Store {
         let Some(last_seq) = rows.last().map(|row| row.seq) else {
             return Ok(0);
         };
-        let mut deltas: HashMap<(&'static str, String, i64), Aggregate> = HashMap::new();
-        for row in &rows {
-            let hour = floor_to(row.created_at_ms, HOUR_MS);
-            deltas
-                .entry(("", String::new(), hour))
-                .or_default()
-                .add(row);
-            for dim in Dimension::ALL {
-                deltas
-                    .entry((dim.name(), row.value(dim), hour))
-                    .or_default()
-                    .add(row);
-            }
-        }
-        for ((dim, value, hour), delta) in deltas {
-            let existing: Option<RollupRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{ROLLUP_COLUMNS} WHERE dim = ? AND value = ? AND bucket_ms = ?"
-            )))
-            .bind(dim)
-            .bind(&value)
-            .bind(hour)
-            .fetch_optional(&mut *transaction)
-            .await?;
-            let mut total = delta;
-            if let Some(row) = existing {
-                row.merge_into(&mut total);
-            }
-            sqlx::query(
-                "INSERT OR REPLACE INTO request_rollups (dim, value, bucket_ms, requests, errors, \
-                 server_errors, prompt_tokens, completion_tokens, cost_usd, latency_ms_sum, \
-                 latency_hist, ttft_hist) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(dim)
-            .bind(&value)
-            .bind(hour)
-            .bind(total.requests as i64)
-            .bind(total.errors as i64)
-            .bind(total.server_errors as i64)
-            .bind(total.prompt_tokens as i64)
-            .bind(total.completion_tokens as i64)
-            .bind(total.cost_usd)
-            .bind(total.latency_ms_sum)
-            .bind(total.latency.encode())
-            .bind(total.ttft.encode())
-            .execute(&mut *transaction)
-            .await?;
-        }
-        sqlx::query("UPDATE analytics_state SET value = ? WHERE name = 'rolled_seq'")
-            .bind(last_seq)
-            .execute(&mut *transaction)
-            .await?;
+        fold(&mut transaction, &rows, last_seq).await?;
         transaction.commit().await?;
         Ok(rows.len())
+    }
+}
+
+/// The rollup watermark: the last request-log seq folded into the rollups.
+pub(crate) async fn watermark(connection: &mut sqlx::SqliteConnection) -> Result<i64, StoreError> {
+    let (watermark,): (i64,) =
+        sqlx::query_as("SELECT value FROM analytics_state WHERE name = 'rolled_seq'")
+            .fetch_one(connection)
+            .await?;
+    Ok(watermark)
+}
+
+/// Adds `rows` (the request-log rows just above the watermark, up to `last_seq`) to the
+/// hourly rollups and moves the watermark to `last_seq`. Call inside a write transaction.
+pub(crate) async fn fold(
+    connection: &mut sqlx::SqliteConnection,
+    rows: &[RawRow],
+    last_seq: i64,
+) -> Result<(), StoreError> {
+    let mut deltas: HashMap<(&'static str, String, i64), Aggregate> = HashMap::new();
+    for row in rows {
+        let hour = floor_to(row.created_at_ms, HOUR_MS);
+        deltas
+            .entry(("", String::new(), hour))
+            .or_default()
+            .add(row);
+        for dim in Dimension::ALL {
+            deltas
+                .entry((dim.name(), row.value(dim), hour))
+                .or_default()
+                .add(row);
+        }
+    }
+    for ((dim, value, hour), delta) in deltas {
+        let existing: Option<RollupRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{ROLLUP_COLUMNS} WHERE dim = ? AND value = ? AND bucket_ms = ?"
+        )))
+        .bind(dim)
+        .bind(&value)
+        .bind(hour)
+        .fetch_optional(&mut *connection)
+        .await?;
+        let mut total = delta;
+        if let Some(row) = existing {
+            row.merge_into(&mut total);
+        }
+        sqlx::query(
+            "INSERT OR REPLACE INTO request_rollups (dim, value, bucket_ms, requests, errors, \
+             server_errors, prompt_tokens, completion_tokens, cost_usd, latency_ms_sum, \
+             latency_hist, ttft_hist) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(dim)
+        .bind(&value)
+        .bind(hour)
+        .bind(total.requests as i64)
+        .bind(total.errors as i64)
+        .bind(total.server_errors as i64)
+        .bind(total.prompt_tokens as i64)
+        .bind(total.completion_tokens as i64)
+        .bind(total.cost_usd)
+        .bind(total.latency_ms_sum)
+        .bind(total.latency.encode())
+        .bind(total.ttft.encode())
+        .execute(&mut *connection)
+        .await?;
+    }
+    sqlx::query("UPDATE analytics_state SET value = ? WHERE name = 'rolled_seq'")
+        .bind(last_seq)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+impl RawRow {
+    /// The analytics view of a row about to be written as `seq`.
+    pub(crate) fn of(row: &crate::RequestLogRow, seq: i64) -> RawRow {
+        RawRow {
+            seq,
+            created_at_ms: row.created_at_ms,
+            key_id: row.key_id.clone(),
+            team: row.team.clone(),
+            model: row.model.clone(),
+            provider: row.provider.clone(),
+            deployment: row.deployment.clone(),
+            status: row.status,
+            latency_ms: row.latency_ms,
+            ttft_ms: row.ttft_ms,
+            prompt_tokens: row.prompt_tokens,
+            completion_tokens: row.completion_tokens,
+            cost_usd: row.cost_usd,
+        }
     }
 }
 

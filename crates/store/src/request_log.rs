@@ -92,6 +92,7 @@ impl Store {
         }
         let mut transaction = self.pool.begin().await?;
         let mut rest = rows;
+        let mut last_seq = 0;
         while !rest.is_empty() {
             // sqlx caches a prepared statement per distinct SQL text and connection, and the
             // text depends on the row count. Batches come in every size under light load, and
@@ -136,7 +137,23 @@ impl Store {
                     .push_bind(&row.fallback_path)
                     .push_bind(&row.error);
             });
-            builder.build().execute(&mut *transaction).await?;
+            last_seq = builder
+                .build()
+                .execute(&mut *transaction)
+                .await?
+                .last_insert_rowid();
+        }
+        // The rows took the seqs up to `last_seq` (one writer; the transaction holds the
+        // write lock). When the rollups are caught up to just below them, fold them in now
+        // from memory rather than reading them back later.
+        let first_seq = last_seq - rows.len() as i64 + 1;
+        if crate::analytics::watermark(&mut transaction).await? == first_seq - 1 {
+            let raw: Vec<crate::analytics::RawRow> = rows
+                .iter()
+                .zip(first_seq..)
+                .map(|(row, seq)| crate::analytics::RawRow::of(row, seq))
+                .collect();
+            crate::analytics::fold(&mut transaction, &raw, last_seq).await?;
         }
         transaction.commit().await?;
         Ok(())
