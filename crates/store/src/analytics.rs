@@ -493,14 +493,12 @@ pub(crate) async fn watermark(connection: &mut sqlx::SqliteConnection) -> Result
     Ok(watermark)
 }
 
-/// Adds `rows` (the request-log rows just above the watermark, up to `last_seq`) to the
-/// hourly rollups and moves the watermark to `last_seq`. Call inside a write transaction.
-pub(crate) async fn fold(
-    connection: &mut sqlx::SqliteConnection,
-    rows: &[RawRow],
-    last_seq: i64,
-) -> Result<(), StoreError> {
-    let mut deltas: HashMap<(&'static str, String, i64), Aggregate> = HashMap::new();
+/// Rollup changes keyed by dimension, value and hour.
+pub(crate) type Deltas = HashMap<(&'static str, String, i64), Aggregate>;
+
+/// What `rows` add to the rollups.
+pub(crate) fn deltas(rows: &[RawRow]) -> Deltas {
+    let mut deltas = Deltas::new();
     for row in rows {
         let hour = floor_to(row.created_at_ms, HOUR_MS);
         deltas
@@ -514,6 +512,25 @@ pub(crate) async fn fold(
                 .add(row);
         }
     }
+    deltas
+}
+
+/// Adds `rows` (the request-log rows just above the watermark, up to `last_seq`) to the
+/// hourly rollups and moves the watermark to `last_seq`. Call inside a write transaction.
+pub(crate) async fn fold(
+    connection: &mut sqlx::SqliteConnection,
+    rows: &[RawRow],
+    last_seq: i64,
+) -> Result<(), StoreError> {
+    apply(connection, deltas(rows), last_seq).await
+}
+
+/// Writes `deltas` into the rollups (read, merge, replace) and moves the watermark.
+pub(crate) async fn apply(
+    connection: &mut sqlx::SqliteConnection,
+    deltas: Deltas,
+    last_seq: i64,
+) -> Result<(), StoreError> {
     for ((dim, value, hour), delta) in deltas {
         let existing: Option<RollupRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{ROLLUP_COLUMNS} WHERE dim = ? AND value = ? AND bucket_ms = ?"

@@ -144,16 +144,22 @@ impl Store {
                 .last_insert_rowid();
         }
         // The rows took the seqs up to `last_seq` (one writer; the transaction holds the
-        // write lock). When the rollups are caught up to just below them, fold them in now
-        // from memory rather than reading them back later.
+        // write lock). When the rollups are caught up to just below them and the batch is
+        // alike enough that its rollup changes are few (a read and a write each), fold it in
+        // now from memory; otherwise the periodic roll-up reads it back with many more rows
+        // per rollup change.
         let first_seq = last_seq - rows.len() as i64 + 1;
-        if crate::analytics::watermark(&mut transaction).await? == first_seq - 1 {
+        if rows.len() >= 64 && crate::analytics::watermark(&mut transaction).await? == first_seq - 1
+        {
             let raw: Vec<crate::analytics::RawRow> = rows
                 .iter()
                 .zip(first_seq..)
                 .map(|(row, seq)| crate::analytics::RawRow::of(row, seq))
                 .collect();
-            crate::analytics::fold(&mut transaction, &raw, last_seq).await?;
+            let deltas = crate::analytics::deltas(&raw);
+            if deltas.len() * 16 <= rows.len() {
+                crate::analytics::apply(&mut transaction, deltas, last_seq).await?;
+            }
         }
         transaction.commit().await?;
         Ok(())

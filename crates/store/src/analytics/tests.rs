@@ -175,11 +175,30 @@ async fn rollups_and_raw_rows_give_the_same_answers_at_every_stage() {
             assert_same(&actual, &expected(&rows, &filter, grouping));
         }
     }
-    // Rows written once the rollups are caught up are folded in as they are inserted, on top
-    // of the existing rollups: nothing is left to read back.
+    // Rows written after a roll-up: a varied batch is left to be read back and rolled up on
+    // top of the existing rollups...
     let late: Vec<RequestLogRow> = (300..340).map(|i| row(i, T0 + (i % 7) * 600_000)).collect();
     store.insert_request_logs(&late).await.unwrap();
-    let all: Vec<RequestLogRow> = rows.iter().chain(&late).cloned().collect();
+    let mut all: Vec<RequestLogRow> = rows.iter().chain(&late).cloned().collect();
+    for roll in [0_u32, 1_000] {
+        if roll > 0 {
+            assert_eq!(store.roll_up_request_logs(roll).await.unwrap(), 40);
+        }
+        for (filter, grouping) in cases() {
+            let actual = store.analytics(&filter, grouping).await.unwrap();
+            assert_same(&actual, &expected(&all, &filter, grouping));
+        }
+    }
+    // ...while a large batch of alike rows, once the rollups are caught up, is folded in as it
+    // is inserted: nothing is left to read back.
+    let alike: Vec<RequestLogRow> = (0..128)
+        .map(|i| RequestLogRow {
+            request_id: format!("alike-{i}"),
+            ..row(3, T0 + 5 * HOUR_MS + i * 1_000)
+        })
+        .collect();
+    store.insert_request_logs(&alike).await.unwrap();
+    all.extend(alike);
     for roll in [0_u32, 1_000] {
         if roll > 0 {
             assert_eq!(store.roll_up_request_logs(roll).await.unwrap(), 0);
