@@ -97,7 +97,7 @@ pub struct Gateway {
     log_requests: bool,
     handles: std::sync::Mutex<std::collections::HashMap<HandleKey, Arc<Handles>>>,
     /// Spend metric handles per (key id, team).
-    spend_handles: std::sync::Mutex<std::collections::HashMap<SpendKey, Arc<SpendHandles>>>,
+    spend_handles: std::sync::Mutex<SpendCache>,
 }
 
 /// A configured provider, for `atalaya serve`'s start-up log and the providers API.
@@ -388,8 +388,8 @@ struct Handles {
     routed: Option<RoutedHandles>,
 }
 
-/// A virtual key's id and team.
-type SpendKey = (String, Option<String>);
+/// Spend handles by key id, with the team they were made for.
+type SpendCache = std::collections::HashMap<String, (Option<String>, Arc<SpendHandles>)>;
 
 struct SpendHandles {
     prompt_tokens: metrics::Counter,
@@ -417,23 +417,24 @@ impl Gateway {
     /// Tokens and cost per virtual key (labelled with its team); bounded by the keys that
     /// exist, which only admins create.
     fn spend_handles(&self, key: &atalaya_store::KeyRecord) -> Arc<SpendHandles> {
-        let cache_key = (key.id.to_string(), key.team.clone());
-        if let Some(handles) = self
-            .spend_handles
-            .lock()
-            .ok()
-            .and_then(|cache| cache.get(&cache_key).cloned())
-        {
+        // Looked up by borrowed id: no allocation per request. A key whose team changed
+        // gets new handles.
+        if let Some(handles) = self.spend_handles.lock().ok().and_then(|cache| {
+            cache
+                .get(key.id.0.as_str())
+                .filter(|(team, _)| *team == key.team)
+                .map(|(_, handles)| handles.clone())
+        }) {
             return handles;
         }
-        let (id, team) = (cache_key.0.clone(), key.team.clone().unwrap_or_default());
+        let (id, team) = (key.id.0.clone(), key.team.clone().unwrap_or_default());
         let handles = Arc::new(SpendHandles {
             prompt_tokens: metrics::counter!(names::KEY_TOKENS, "key" => id.clone(), "team" => team.clone(), "kind" => "prompt"),
             completion_tokens: metrics::counter!(names::KEY_TOKENS, "key" => id.clone(), "team" => team.clone(), "kind" => "completion"),
-            cost: metrics::gauge!(names::KEY_COST, "key" => id, "team" => team),
+            cost: metrics::gauge!(names::KEY_COST, "key" => id.clone(), "team" => team),
         });
         if let Ok(mut cache) = self.spend_handles.lock() {
-            cache.insert(cache_key, handles.clone());
+            cache.insert(id, (key.team.clone(), handles.clone()));
         }
         handles
     }

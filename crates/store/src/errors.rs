@@ -518,4 +518,76 @@ mod tests {
         assert_eq!(stats.iter().map(|s| s.occurrences).sum::<i64>(), 4);
         assert!(!store.set_error_resolved("nope", true, 1).await.unwrap());
     }
+
+    #[tokio::test]
+    async fn retention_deletes_old_errors_server_logs_and_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}/r.db", dir.path().display()))
+            .await
+            .unwrap();
+        let day = 86_400_000;
+        store
+            .record_reports(&[
+                report(10, Some(Severity::High), "old", 1_000),
+                report(20, Some(Severity::High), "recent", 10 * day),
+                report(30, None, "old warning", 1_000),
+            ])
+            .await
+            .unwrap();
+        let alert = |time_ms| crate::AlertRow {
+            seq: 0,
+            time_ms,
+            rule: "r".into(),
+            kind: "budget".into(),
+            severity: "warning".into(),
+            subject: "s".into(),
+            state: "firing".into(),
+            summary: "x".into(),
+            details: "{}".into(),
+            channels: "[]".into(),
+            suppressed: None,
+        };
+        store.insert_alert(&alert(1_000)).await.unwrap();
+        store.insert_alert(&alert(10 * day)).await.unwrap();
+        let keep = Some(std::time::Duration::from_secs(86_400));
+        let retention = crate::Retention {
+            request_logs: None,
+            rollups: None,
+            errors: keep,
+            server_logs: keep,
+            alerts: keep,
+        };
+        let deleted = store
+            .apply_retention(&retention, 10 * day + 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            (deleted.errors, deleted.server_logs, deleted.alerts),
+            (1, 2, 1)
+        );
+        let all = ErrorQuery {
+            status: ErrorStatus::All,
+            min_severity: None,
+            service: None,
+            component: None,
+            limit: 10,
+            offset: 0,
+        };
+        let groups = store.list_error_groups(&all).await.unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].message, "recent");
+        assert_eq!(
+            store
+                .error_occurrences(&groups[0].fingerprint, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            store.list_server_logs(10, None, false).await.unwrap().len(),
+            1
+        );
+        assert_eq!(store.list_alerts(10, None).await.unwrap().len(), 1);
+    }
 }

@@ -91,58 +91,54 @@ impl Store {
         now_ms: i64,
     ) -> Result<Deleted, StoreError> {
         let cutoff = |keep: Option<Duration>| keep.map(|keep| now_ms - keep.as_millis() as i64);
-        let mut deleted = Deleted::default();
-        if let Some(before) = cutoff(retention.request_logs) {
+        if retention.request_logs.is_some() {
             self.roll_up_all().await?;
-            deleted.request_logs = self
-                .delete_chunked(
-                    "DELETE FROM request_logs WHERE seq IN \
-                     (SELECT seq FROM request_logs WHERE created_at_ms < ? LIMIT ?)",
-                    before,
-                )
-                .await?;
         }
-        if let Some(before) = cutoff(retention.rollups) {
-            deleted.rollups = self
-                .delete_chunked(
-                    "DELETE FROM request_rollups WHERE (dim, value, bucket_ms) IN \
-                     (SELECT dim, value, bucket_ms FROM request_rollups WHERE bucket_ms < ? LIMIT ?)",
-                    before,
-                )
-                .await?;
-        }
-        if let Some(before) = cutoff(retention.errors) {
-            self.delete_chunked(
+        let mut deleted = Deleted::default();
+        let mut occurrences = 0;
+        // Each: how long to keep, the chunked delete (rows older than ?, at most ? of them),
+        // and where to count what went. Occurrences go before the groups they sample.
+        let passes: [(Option<Duration>, &'static str, &mut u64); 6] = [
+            (
+                retention.request_logs,
+                "DELETE FROM request_logs WHERE seq IN \
+                 (SELECT seq FROM request_logs WHERE created_at_ms < ? LIMIT ?)",
+                &mut deleted.request_logs,
+            ),
+            (
+                retention.rollups,
+                "DELETE FROM request_rollups WHERE (dim, value, bucket_ms) IN \
+                 (SELECT dim, value, bucket_ms FROM request_rollups WHERE bucket_ms < ? LIMIT ?)",
+                &mut deleted.rollups,
+            ),
+            (
+                retention.errors,
                 "DELETE FROM error_occurrences WHERE seq IN \
                  (SELECT seq FROM error_occurrences WHERE time_ms < ? LIMIT ?)",
-                before,
-            )
-            .await?;
-            deleted.errors = self
-                .delete_chunked(
-                    "DELETE FROM error_groups WHERE fingerprint IN \
-                     (SELECT fingerprint FROM error_groups WHERE last_seen_ms < ? LIMIT ?)",
-                    before,
-                )
-                .await?;
-        }
-        if let Some(before) = cutoff(retention.server_logs) {
-            deleted.server_logs = self
-                .delete_chunked(
-                    "DELETE FROM server_logs WHERE seq IN \
-                     (SELECT seq FROM server_logs WHERE time_ms < ? LIMIT ?)",
-                    before,
-                )
-                .await?;
-        }
-        if let Some(before) = cutoff(retention.alerts) {
-            deleted.alerts = self
-                .delete_chunked(
-                    "DELETE FROM alerts WHERE seq IN \
-                     (SELECT seq FROM alerts WHERE time_ms < ? LIMIT ?)",
-                    before,
-                )
-                .await?;
+                &mut occurrences,
+            ),
+            (
+                retention.errors,
+                "DELETE FROM error_groups WHERE fingerprint IN \
+                 (SELECT fingerprint FROM error_groups WHERE last_seen_ms < ? LIMIT ?)",
+                &mut deleted.errors,
+            ),
+            (
+                retention.server_logs,
+                "DELETE FROM server_logs WHERE seq IN \
+                 (SELECT seq FROM server_logs WHERE time_ms < ? LIMIT ?)",
+                &mut deleted.server_logs,
+            ),
+            (
+                retention.alerts,
+                "DELETE FROM alerts WHERE seq IN (SELECT seq FROM alerts WHERE time_ms < ? LIMIT ?)",
+                &mut deleted.alerts,
+            ),
+        ];
+        for (keep, sql, count) in passes {
+            if let Some(before) = cutoff(keep) {
+                *count = self.delete_chunked(sql, before).await?;
+            }
         }
         Ok(deleted)
     }

@@ -28,7 +28,7 @@ pub(crate) fn describe() {
 
 /// The fields of `/proc/self/stat` after the command name, which may contain spaces.
 fn stat_fields(stat: &str) -> Option<Vec<&str>> {
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
     Some(rest.split_whitespace().collect())
 }
 
@@ -95,5 +95,7 @@ mod tests {
         assert_eq!(fields[14 - 3], "250");
         assert_eq!(fields[20 - 3], "7");
         assert_eq!(fields[24 - 3], "2560");
+        assert_eq!(stat_fields("1 (truncated)"), Some(vec![]));
+        assert_eq!(stat_fields("no name"), None);
     }
 }

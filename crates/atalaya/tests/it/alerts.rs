@@ -21,8 +21,7 @@ async fn alerts_fire_to_webhook_slack_and_email_then_resolve() {
          [[alerts.channels]]\nname = \"mail\"\ntype = \"email\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp}\nfrom = \"atalaya@localhost\"\nto = [\"ops@localhost\", \"lead@localhost\"]\n\n\
          [[alerts.rules]]\nname = \"upstream-errors\"\nkind = \"error_rate\"\nthreshold = 0.5\nwindow_seconds = 2\nmin_requests = 3\nseverity = \"critical\"\n\n\
          [[alerts.rules]]\nname = \"breaker\"\nkind = \"circuit_open\"\nchannels = [\"hook\"]\n",
-        providers =
-            providers_for(&[&upstream]).replace("models = []", "models = [\"gpt-4o-mini\"]"),
+        providers = gpt_on(&upstream),
         hooks = hooks.url,
         smtp = smtp.port,
     );

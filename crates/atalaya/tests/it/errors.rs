@@ -24,7 +24,7 @@ async fn failed_requests_are_grouped_resolved_and_regress() {
     let server = serve(ServeOptions {
         config: &format!(
             "{}[routing]\nmax_attempts = 1\n[routing.breaker]\nminimum_calls = 100\n",
-            providers_for(&[&upstream]).replace("models = []", "models = [\"gpt-4o-mini\"]")
+            gpt_on(&upstream)
         ),
         ..ServeOptions::default()
     });
@@ -148,7 +148,7 @@ async fn warnings_reach_the_database_log_and_logs_reach_a_daily_file() {
     let server = serve(ServeOptions {
         config: &format!(
             "{}[routing]\nmax_attempts = 1\n[routing.breaker]\nminimum_calls = 2\nwindow = 2\n",
-            providers_for(&[&upstream]).replace("models = []", "models = [\"gpt-4o-mini\"]")
+            gpt_on(&upstream)
         ),
         ..ServeOptions::default()
     });

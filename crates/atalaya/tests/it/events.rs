@@ -96,7 +96,7 @@ async fn requests_and_breaker_transitions_stream_over_sse_and_websocket() {
     let server = serve(ServeOptions {
         config: &format!(
             "{}[routing]\nmax_attempts = 1\n[routing.breaker]\nminimum_calls = 2\nwindow = 2\nopen_ms = 60000\n",
-            providers_for(&[&upstream]).replace("models = []", "models = [\"gpt-4o-mini\"]")
+            gpt_on(&upstream)
         ),
         ..ServeOptions::default()
     });

@@ -376,6 +376,11 @@ pub fn providers_for(mocks: &[&Process]) -> String {
         .collect()
 }
 
+/// One provider `p0` on `mock` serving `gpt-4o-mini` (deployment `p0/gpt-4o-mini`).
+pub fn gpt_on(mock: &Process) -> String {
+    providers_for(&[mock]).replace("models = []", "models = [\"gpt-4o-mini\"]")
+}
+
 /// Sends `count` copies of `body` to `path`, `concurrency` at a time; returns the statuses
 /// and how long each took.
 pub async fn send_many(

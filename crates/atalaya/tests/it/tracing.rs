@@ -30,7 +30,7 @@ async fn trace_context_reaches_the_upstream_and_the_logs() {
     let server = serve(ServeOptions {
         config: &format!(
             "{}[routing]\nmax_attempts = 1\n[routing.breaker]\nminimum_calls = 1\nwindow = 1\n",
-            providers_for(&[&upstream]).replace("models = []", "models = [\"gpt-4o-mini\"]")
+            gpt_on(&upstream)
         ),
         ..ServeOptions::default()
     });

@@ -71,21 +71,7 @@ fn expected(
 ) -> Vec<(GroupKey, Aggregate)> {
     let mut groups: BTreeMap<GroupKey, Aggregate> = BTreeMap::new();
     for row in rows {
-        let raw = RawRow {
-            seq: 0,
-            created_at_ms: row.created_at_ms,
-            key_id: row.key_id.clone(),
-            team: row.team.clone(),
-            model: row.model.clone(),
-            provider: row.provider.clone(),
-            deployment: row.deployment.clone(),
-            status: row.status,
-            latency_ms: row.latency_ms,
-            ttft_ms: row.ttft_ms,
-            prompt_tokens: row.prompt_tokens,
-            completion_tokens: row.completion_tokens,
-            cost_usd: row.cost_usd,
-        };
+        let raw = RawRow::of(row, 0);
         let inside = raw.created_at_ms >= filter.from_ms
             && raw.created_at_ms < filter.to_ms
             && filter
