@@ -199,6 +199,7 @@ struct RawTelemetry {
     log_file_format: Option<String>,
     log_file_retention_days: Option<u64>,
     database_logs: Option<bool>,
+    otlp: otlp::RawOtlp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -834,6 +835,7 @@ fn validate(
         }),
         capture: None,
         database_logs: raw.telemetry.database_logs.unwrap_or(true),
+        otlp: otlp::settings(raw.telemetry.otlp, env, origins)?,
     };
     let raw_request_log_enabled = raw.request_log.enabled.unwrap_or(true);
     let defaults = LogWriterConfig::default();
@@ -1906,6 +1908,8 @@ pub(crate) fn redact_url(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+mod otlp;
 
 #[cfg(test)]
 mod tests;

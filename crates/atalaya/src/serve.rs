@@ -30,7 +30,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = config::load(&flags, &env)?;
     let (reporter, reports) = atalaya_telemetry::capture::channel();
     settings.logs.capture = Some(reporter.clone());
-    atalaya_telemetry::init_tracing(&settings.logs)?;
+    let span_exporter = atalaya_telemetry::init_tracing(&settings.logs)?;
     crate::reports::report_panics();
     let metrics = atalaya_telemetry::install_metrics()?;
 
@@ -57,6 +57,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // From here on every log line, stored error and error message hides these.
     let mut own: Vec<&SecretString> = vec![&admin_key, &hash_key];
     own.extend(vault.iter().map(|(_, secret)| secret));
+    let otlp_headers: Vec<SecretString> = settings
+        .logs
+        .otlp
+        .iter()
+        .flat_map(|otlp| otlp.headers.iter())
+        .map(|(_, value)| SecretString::from(value.clone()))
+        .collect();
+    own.extend(otlp_headers.iter());
     register_secrets(&settings.gateway, &own)?;
     let auditor = Arc::new(Auditor::new(
         store.clone(),
@@ -101,6 +109,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let keys = Arc::new(KeyCache::new(hasher, admin_hash, store.clone()));
     tracker.spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
+    // Spans go on being exported while connections drain; the exporter stops last.
+    let export_stop = CancellationToken::new();
+    let span_export = span_exporter.map(|exporter| {
+        if let Some(otlp) = &settings.logs.otlp {
+            tracing::info!(endpoint = %otlp.endpoint, sample_ratio = otlp.sample_ratio, "Exporting spans over OTLP.");
+        }
+        tokio::spawn(exporter.run(export_stop.clone().cancelled_owned()))
+    });
 
     // One listener per worker on the same port (SO_REUSEPORT): the kernel spreads connections.
     let first = reuseport_listener(settings.listen)?;
@@ -208,6 +224,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::error!("Background tasks did not stop in time.");
     }
     store.close().await;
+    if let Some(export) = span_export {
+        export_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(15), export)
+            .await
+            .is_err()
+        {
+            tracing::warn!("Spans still unexported at exit were dropped.");
+        }
+    }
     tracing::info!("Stopped.");
     Ok(())
 }

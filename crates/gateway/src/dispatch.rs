@@ -428,9 +428,16 @@ pub(crate) async fn serve(
                 model = %name,
                 deployment = %deployment.id,
                 attempt = attempts,
+                error.type = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
             );
             let result =
-                tracing::Instrument::instrument(attempt(&leg, inbound, exchange), span).await;
+                tracing::Instrument::instrument(attempt(&leg, inbound, exchange), span.clone())
+                    .await;
+            if let Err(error) = &result {
+                span.record("error.type", error.code);
+                span.record("otel.status_code", "error");
+            }
             let lease = lease.lock().ok().and_then(|mut l| l.take());
             match result {
                 Ok(mut response) => {

@@ -770,16 +770,49 @@ async fn request_context(
         trace: trace::Trace::from_headers(request.headers()),
     };
     let header_value = HeaderValue::from_str(&context.id).ok();
-    // Every log line while the request is handled carries its id and trace id.
-    let span = tracing::info_span!(
-        "request",
-        request_id = %context.id,
-        trace_id = %context.trace.id,
-        method = %request.method(),
-        path = request.uri().path(),
-    );
+    // Every log line while the request is handled carries its id and trace id. When spans
+    // are exported, the span also carries what the export needs: the caller's span, the
+    // sampling decision, the kind, and the status once the answer is known.
+    let exported = atalaya_telemetry::otlp::enabled();
+    let span = if exported {
+        let parent = context.trace.parent.map(|p| p.to_string());
+        tracing::info_span!(
+            "request",
+            request_id = %context.id,
+            trace_id = %context.trace.id,
+            method = %request.method(),
+            path = request.uri().path(),
+            parent_span_id = parent,
+            sampled = context.trace.sampled(),
+            otel.kind = "server",
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    } else {
+        tracing::info_span!(
+            "request",
+            request_id = %context.id,
+            trace_id = %context.trace.id,
+            method = %request.method(),
+            path = request.uri().path(),
+        )
+    };
     request.extensions_mut().insert(context);
-    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    if exported {
+        let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "error");
+        }
+        // The span ends when the body does, so a stream's span covers the whole stream.
+        response = response.map(|body| {
+            axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                let _ = &span;
+                frame
+            }))
+        });
+    }
     if let Some(value) = header_value {
         response.headers_mut().insert("x-request-id", value);
     }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atalaya_telemetry::otlp::SpanId;
 use atalaya_translate::openai::Quirks;
 use atalaya_translate::{Target, sigv4};
 use bytes::Bytes;
@@ -390,17 +391,36 @@ impl Upstream {
         if let Ok(value) = HeaderValue::from_str(&context.id) {
             request = request.header("x-request-id", value);
         }
-        for (name, value) in context.trace.upstream_headers() {
+        // The upstream call's own span is the parent the provider sees, so its spans nest
+        // under ours in an exported trace.
+        let span_id = SpanId::random();
+        for (name, value) in context.trace.upstream_headers(span_id) {
             request = request.header(name, value);
         }
         let request = request.body(body);
         let span = tracing::debug_span!(
             "upstream",
+            span_id = %span_id,
+            otel.kind = "client",
             host = url.host_str().unwrap_or(""),
-            path = url.path()
+            path = url.path(),
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
-        let sent = tracing::Instrument::instrument(request.send(), span);
-        match tokio::time::timeout(ttfb, sent).await {
+        let sent = tracing::Instrument::instrument(request.send(), span.clone());
+        let outcome = tokio::time::timeout(ttfb, sent).await;
+        match &outcome {
+            Ok(Ok(response)) => {
+                span.record("http.response.status_code", response.status().as_u16());
+                if !response.status().is_success() {
+                    span.record("otel.status_code", "error");
+                }
+            }
+            _ => {
+                span.record("otel.status_code", "error");
+            }
+        }
+        match outcome {
             Err(_) => Err(UpstreamFailure::Timeout(ttfb)),
             Ok(Ok(response)) => {
                 if matches!(response.status().as_u16(), 401 | 403)
@@ -475,16 +495,4 @@ fn sign_aws(aws: &AwsSettings, url: &url::Url, body: &[u8]) -> Vec<(&'static str
         .collect()
 }
 
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use atalaya_telemetry::error_chain;

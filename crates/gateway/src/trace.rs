@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use atalaya_telemetry::otlp::{self, SpanId};
 use axum::http::{HeaderMap, HeaderValue};
 use rand::Rng as _;
 
@@ -11,7 +12,10 @@ use rand::Rng as _;
 pub(crate) struct Trace {
     /// 32 lowercase hex digits.
     pub id: Arc<str>,
-    /// The caller's trace flags (`01`: sampled); `00` for a trace started here.
+    /// The caller's span, when the request joined a trace.
+    pub parent: Option<SpanId>,
+    /// The caller's trace flags (`01`: sampled); for a trace started here, whether the span
+    /// export samples it.
     flags: u8,
     /// The caller's `tracestate`, passed on unchanged.
     state: Option<HeaderValue>,
@@ -29,8 +33,9 @@ impl Trace {
             .and_then(|v| v.to_str().ok())
             .and_then(Trace::parse);
         match parsed {
-            Some((id, flags)) => Trace {
+            Some((id, parent, flags)) => Trace {
                 id: Arc::from(id),
+                parent: Some(SpanId(parent)),
                 flags,
                 state: headers.get("tracestate").cloned(),
             },
@@ -42,14 +47,15 @@ impl Trace {
         let id: u128 = rand::rng().random::<u128>().max(1);
         Trace {
             id: Arc::from(format!("{id:032x}")),
-            flags: 0,
+            parent: None,
+            flags: u8::from(otlp::samples(id)),
             state: None,
         }
     }
 
     /// `00-TRACE-PARENT-FLAGS`: version 00 only (a higher version's first four fields are
     /// read the same way), ids not all zeros.
-    fn parse(text: &str) -> Option<(String, u8)> {
+    fn parse(text: &str) -> Option<(String, u64, u8)> {
         let mut parts = text.trim().split('-');
         let version = parts.next()?;
         let (trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?);
@@ -61,18 +67,27 @@ impl Trace {
             && is_hex(parent, 16)
             && parent.bytes().any(|b| b != b'0')
             && is_hex(flags, 2);
-        valid.then(|| (trace.to_owned(), u8::from_str_radix(flags, 16).unwrap_or(0)))
+        valid.then(|| {
+            (
+                trace.to_owned(),
+                u64::from_str_radix(parent, 16).unwrap_or(0),
+                u8::from_str_radix(flags, 16).unwrap_or(0),
+            )
+        })
     }
 
-    /// The headers for one upstream call: this trace with a new parent id.
-    pub fn upstream_headers(&self) -> Vec<(&'static str, HeaderValue)> {
-        let parent: u64 = rand::rng().random::<u64>().max(1);
+    /// Whether this trace's spans are exported (the caller's flag, or our sampler's).
+    pub fn sampled(&self) -> bool {
+        self.flags & 0x01 == 1
+    }
+
+    /// The headers for one upstream call: this trace with `span` (the upstream call's own
+    /// span) as the parent.
+    pub fn upstream_headers(&self, span: SpanId) -> Vec<(&'static str, HeaderValue)> {
         let mut headers = Vec::with_capacity(2);
-        if let Ok(value) = HeaderValue::from_str(&format!(
-            "00-{}-{parent:016x}-{:02x}",
-            self.id,
-            self.flags & 0x01
-        )) {
+        if let Ok(value) =
+            HeaderValue::from_str(&format!("00-{}-{span}-{:02x}", self.id, self.flags & 0x01))
+        {
             headers.push(("traceparent", value));
         }
         if let Some(state) = &self.state {
@@ -99,7 +114,9 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ));
         assert_eq!(&*trace.id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        let out = trace.upstream_headers();
+        assert_eq!(trace.parent.map(|p| p.0), Some(0x00f067aa0ba902b7));
+        assert!(trace.sampled());
+        let out = trace.upstream_headers(SpanId::random());
         let parent = out[0].1.to_str().unwrap();
         assert!(parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(parent.ends_with("-01"));
@@ -125,7 +142,7 @@ mod tests {
                 "{bad}: tracestate goes with its traceparent"
             );
             assert!(
-                trace.upstream_headers()[0]
+                trace.upstream_headers(SpanId::random())[0]
                     .1
                     .to_str()
                     .unwrap()

@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub mod capture;
 pub mod civil;
 mod file;
+pub mod otlp;
 pub mod process;
 
 pub use capture::{Report, Reporter, Severity};
@@ -81,6 +82,26 @@ pub mod names {
     pub const ALERTS_SUPPRESSED: &str = "atalaya_alerts_suppressed_total";
     /// Alert deliveries by `channel` and `outcome` (sent, failed).
     pub const ALERT_NOTIFICATIONS: &str = "atalaya_alert_notifications_total";
+    /// Spans sent to the OTLP collector.
+    pub const OTLP_SPANS_EXPORTED: &str = "atalaya_otlp_spans_exported_total";
+    /// Spans not exported, by `reason` (queue_full, export_failed).
+    pub const OTLP_SPANS_DROPPED: &str = "atalaya_otlp_spans_dropped_total";
+}
+
+/// An error and its sources on one line, each cause once (many errors already repeat their
+/// source's text).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Latency buckets from 0.5 ms to 5 min: gateway overhead sits at the low end, long
@@ -223,6 +244,11 @@ fn describe() {
         ALERT_NOTIFICATIONS,
         "Alert deliveries by channel and outcome (sent, failed)."
     );
+    describe_counter!(OTLP_SPANS_EXPORTED, "Spans sent to the OTLP collector.");
+    describe_counter!(
+        OTLP_SPANS_DROPPED,
+        "Spans not exported, by reason (queue_full, export_failed)."
+    );
     describe_counter!(
         KEYS_DISABLED,
         "Upstream API keys disabled after the provider refused them, by provider."
@@ -248,6 +274,8 @@ pub struct LogSettings {
     pub capture: Option<Reporter>,
     /// Warnings and errors to the database log too (with `capture`).
     pub database_logs: bool,
+    /// Spans to an OpenTelemetry collector.
+    pub otlp: Option<otlp::OtlpSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -314,29 +342,36 @@ impl Drop for MaskedLine {
 }
 
 /// Installs the global subscriber with the destinations `settings` names. Logs go to
-/// stderr, so stdout stays free for command output.
-pub fn init_tracing(settings: &LogSettings) -> Result<(), TelemetryError> {
+/// stderr, so stdout stays free for command output. Each destination has its own filter, so
+/// the span export sees debug spans whatever the console's level. When spans are exported,
+/// the exporter comes back for the caller to run on its runtime.
+pub fn init_tracing(settings: &LogSettings) -> Result<Option<otlp::OtlpExporter>, TelemetryError> {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let env_filter =
+    let env_filter = || {
         EnvFilter::try_new(&settings.filter).map_err(|source| TelemetryError::Filter {
             filter: settings.filter.clone(),
             source,
-        })?;
+        })
+    };
     type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
-    let fmt_layer = |format: LogFormat, sink: Sink, ansi: bool| -> Boxed {
+    let fmt_layer = |format: LogFormat, sink: Sink, ansi: bool| -> Result<Boxed, TelemetryError> {
         let layer = tracing_subscriber::fmt::layer().with_writer(sink);
-        match format {
-            LogFormat::Pretty => layer.with_ansi(ansi).boxed(),
-            LogFormat::Json => layer.json().with_current_span(true).boxed(),
-        }
+        Ok(match format {
+            LogFormat::Pretty => layer.with_ansi(ansi).with_filter(env_filter()?).boxed(),
+            LogFormat::Json => layer
+                .json()
+                .with_current_span(true)
+                .with_filter(env_filter()?)
+                .boxed(),
+        })
     };
     let mut layers: Vec<Boxed> = Vec::new();
     if let Some(format) = settings.console {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        layers.push(fmt_layer(format, Sink::Stderr, ansi));
+        layers.push(fmt_layer(format, Sink::Stderr, ansi)?);
     }
     if let Some(file) = &settings.file {
         let files = file::DailyFiles::new(&file.dir, file.retention_days).map_err(|error| {
@@ -349,16 +384,38 @@ pub fn init_tracing(settings: &LogSettings) -> Result<(), TelemetryError> {
             file.format,
             Sink::Files(std::sync::Arc::new(files)),
             false,
-        ));
+        )?);
     }
     if let Some(reporter) = &settings.capture {
-        layers.push(capture::CaptureLayer::new(reporter.clone(), settings.database_logs).boxed());
+        layers.push(
+            capture::CaptureLayer::new(reporter.clone(), settings.database_logs)
+                .with_filter(env_filter()?)
+                .boxed(),
+        );
+    }
+    let mut exporter = None;
+    if let Some(export) = &settings.otlp {
+        let (layer, sender) = otlp::OtlpLayer::new(export.clone());
+        layers.push(
+            layer
+                .with_filter(tracing_subscriber::filter::filter_fn(
+                    otlp::OtlpLayer::wants,
+                ))
+                .boxed(),
+        );
+        exporter = Some(sender);
+    }
+    if layers.is_empty() {
+        // Nothing to write to: still validate the filter, as a typo is a configuration error,
+        // and keep every callsite off.
+        env_filter()?;
+        layers.push(tracing_subscriber::filter::LevelFilter::OFF.boxed());
     }
     tracing_subscriber::registry()
         .with(layers)
-        .with(env_filter)
         .try_init()
-        .map_err(|error| TelemetryError::Tracing(error.to_string()))
+        .map_err(|error| TelemetryError::Tracing(error.to_string()))?;
+    Ok(exporter)
 }
 
 /// Console logging only, for commands other than `serve`.
@@ -369,5 +426,7 @@ pub fn init_console(format: LogFormat, filter: &str) -> Result<(), TelemetryErro
         file: None,
         capture: None,
         database_logs: false,
+        otlp: None,
     })
+    .map(|_| ())
 }

@@ -203,6 +203,7 @@ fn the_example_file_loads_and_documents_every_key() {
         "[server]\n__probe = 1",
         "[database]\n__probe = 1",
         "[telemetry]\n__probe = 1",
+        "[telemetry.otlp]\n__probe = 1",
         "[request_log]\n__probe = 1",
         "[analytics]\n__probe = 1",
         "[retention]\n__probe = 1",
@@ -268,4 +269,78 @@ fn retention_days_of_zero_keep_forever_and_bad_values_name_the_key() {
         let message = load_err(text, &[]);
         assert!(message.contains(key), "{text}: {message}");
     }
+}
+
+#[test]
+fn span_export_follows_the_file_then_the_otel_variables() {
+    let (_dir, flags) = with_file("");
+    assert!(load(&flags, &Env::new()).unwrap().logs.otlp.is_none());
+    let settings = load(
+        &flags,
+        &env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20tok"),
+            ("OTEL_SERVICE_NAME", "edge-gw"),
+        ]),
+    )
+    .unwrap();
+    let otlp = settings.logs.otlp.unwrap();
+    assert_eq!(otlp.endpoint, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(
+        otlp.headers,
+        vec![("authorization".to_owned(), "Bearer tok".to_owned())]
+    );
+    assert_eq!(otlp.service_name, "edge-gw");
+    assert_eq!(otlp.sample_ratio, 1.0);
+    let (_dir, flags) = with_file(
+        "[telemetry.otlp]\nendpoint = \"http://127.0.0.1:9999\"\nsample_ratio = 0.1\nservice_name = \"gw\"\n",
+    );
+    let otlp = load(
+        &flags,
+        &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]),
+    )
+    .unwrap()
+    .logs
+    .otlp
+    .unwrap();
+    assert_eq!(
+        otlp.endpoint, "http://127.0.0.1:9999/v1/traces",
+        "the file wins"
+    );
+    assert_eq!(otlp.sample_ratio, 0.1);
+    let (_dir, flags) = with_file("");
+    assert!(
+        load(
+            &flags,
+            &env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("OTEL_SDK_DISABLED", "true"),
+            ]),
+        )
+        .unwrap()
+        .logs
+        .otlp
+        .is_none()
+    );
+}
+
+#[test]
+fn span_export_rejects_what_it_cannot_do() {
+    let grpc = load_err(
+        "[telemetry.otlp]\nendpoint = \"http://127.0.0.1:4317\"\nprotocol = \"grpc\"\n",
+        &[],
+    );
+    assert!(
+        grpc.contains("telemetry.otlp.protocol") && grpc.contains("http/json"),
+        "{grpc}"
+    );
+    let missing = load_err("[telemetry.otlp]\nenabled = true\n", &[]);
+    assert!(missing.contains("telemetry.otlp.endpoint"), "{missing}");
+    let ratio = load_err(
+        "[telemetry.otlp]\nendpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 2.0\n",
+        &[],
+    );
+    assert!(ratio.contains("sample_ratio"), "{ratio}");
+    let bad = load_err("[telemetry.otlp]\nendpoint = \"not a url\"\n", &[]);
+    assert!(bad.contains("not an http(s) URL"), "{bad}");
 }
