@@ -6,6 +6,18 @@ file:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "bench")
 
+-- With $BENCH_KEYS (comma-separated), requests take the keys in turn, as many clients would.
+local keys = {}
+for key in string.gmatch(os.getenv("BENCH_KEYS") or "", "[^,]+") do keys[#keys + 1] = key end
+if #keys > 0 then
+  local turn = 0
+  request = function()
+    turn = turn % #keys + 1
+    wrk.headers["Authorization"] = "Bearer " .. keys[turn]
+    return wrk.format()
+  end
+end
+
 -- One parseable line with the figures the runner needs (latencies in microseconds).
 done = function(summary, latency, requests)
   local seconds = summary.duration / 1e6

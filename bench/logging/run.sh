@@ -4,8 +4,11 @@
 # p50/p99 of each run, the RPS cost of logging (target: under 5 %), and the sustained rate at
 # which rows reached SQLite during the "on" runs, with rows pending and dropped.
 #
-#   bench/logging/run.sh                  # defaults: 15 s runs, 3 pairs, 32 connections
-#   DURATION=30 PAIRS=5 CONNECTIONS=64 bench/logging/run.sh
+#   bench/logging/run.sh                  # defaults: 15 s runs, 3 pairs, 32 connections, 20 keys
+#   DURATION=30 PAIRS=5 CONNECTIONS=64 KEYS=1 bench/logging/run.sh
+#
+# Requests take KEYS virtual keys in turn (each gateway creates its own), so the request log
+# sees the spread of keys a shared gateway does.
 #
 # Installs wrk from Debian if it is missing. Traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -15,6 +18,7 @@ duration=${DURATION:-15}
 pairs=${PAIRS:-3}
 conns=${CONNECTIONS:-32}
 threads=${THREADS:-2}
+key_count=${KEYS:-20}
 
 source "$root/bench/lib.sh"
 bench_require wrk=wrk
@@ -38,15 +42,25 @@ start_gateway() { # name enabled -> sets port and pid
   pid=$!; pids+=($pid)
   wait_port "$port"
 }
-start_gateway on true; on_port=$port
-start_gateway off false; off_port=$port
+create_keys() { # port -> comma-separated keys
+  local port=$1 keys=() i
+  for i in $(seq "$key_count"); do
+    keys+=("$(curl -sf -X POST -H "Authorization: Bearer $gateway_key" -H 'content-type: application/json' \
+      -d "{\"name\": \"bench-$i\", \"team\": \"team-$((i % 4))\"}" "http://127.0.0.1:$port/api/v1/keys" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')")
+  done
+  (IFS=,; echo "${keys[*]}")
+}
+start_gateway on true; on_port=$port; on_keys=$(create_keys "$on_port")
+start_gateway off false; off_port=$port; off_keys=$(create_keys "$off_port")
 sleep 0.5
 
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v name="$2" '$1 == name {print $2}'; }
 results=$work/results.txt
 : > "$results"
-run() { # name port
+run() { # name port keys
   local name=$1 port=$2 url="http://127.0.0.1:$2/v1/chat/completions"
+  export BENCH_KEYS=$3
   BENCH_BODY_FILE=$root/bench/gateway/chat.json BENCH_KEY=$gateway_key \
     wrk -t1 -c"$conns" -d2s -s "$root/bench/gateway/post.lua" "$url" >/dev/null 2>&1 || true
   local written_before; written_before=$(metric "$port" atalaya_request_log_rows_written_total)
@@ -61,8 +75,8 @@ run() { # name port
   echo "$name $line written=$(( ${written_after:-0} - ${written_before:-0} )) pending=${pending:-0} dropped=${dropped:-0}" | tee -a "$results"
 }
 for _ in $(seq "$pairs"); do
-  run on "$on_port"
-  run off "$off_port"
+  run on "$on_port" "$on_keys"
+  run off "$off_port" "$off_keys"
 done
 rows=$(sqlite3 "$work/on/data/atalaya.db" 'SELECT COUNT(*) FROM request_logs' 2>/dev/null || echo "?")
 

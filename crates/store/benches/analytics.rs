@@ -36,7 +36,7 @@ impl Rng {
 }
 
 fn row(rng: &mut Rng, i: u64, created_at_ms: i64) -> RequestLogRow {
-    let key = rng.below(50);
+    let key = rng.below(keys());
     let model = rng.below(12);
     let provider = model % 4;
     let status = match rng.below(100) {
@@ -75,6 +75,29 @@ fn row(rng: &mut Rng, i: u64, created_at_ms: i64) -> RequestLogRow {
     }
 }
 
+/// Distinct keys the rows spread over (`ATALAYA_BENCH_KEYS`, default 50).
+fn keys() -> u64 {
+    static KEYS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEYS.get_or_init(|| {
+        std::env::var("ATALAYA_BENCH_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50)
+    })
+}
+
+/// The process's user + system CPU time, from /proc (0 where there is none).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
+}
+
 fn main() {
     let total: u64 = std::env::var("ATALAYA_BENCH_ROWS")
         .ok()
@@ -88,12 +111,23 @@ fn main() {
     let url = format!("sqlite://{}/bench.db", dir.path().display());
     runtime.block_on(async {
         let store = Store::connect(&url).await.unwrap();
+        if let Ok(sql) = std::env::var("ATALAYA_BENCH_SQL") {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            for stmt in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
         let now = atalaya_store::now_ms();
         let start_ms = now - 30 * DAY_MS;
         let spacing = (30 * DAY_MS) / total as i64;
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
 
         let started = Instant::now();
+        let cpu_before = cpu_seconds();
         let mut batch = Vec::with_capacity(512);
         for i in 0..total {
             batch.push(row(&mut rng, i, start_ms + i as i64 * spacing));
@@ -104,10 +138,12 @@ fn main() {
         }
         store.insert_request_logs(&batch).await.unwrap();
         let insert = started.elapsed();
+        let cpu = cpu_seconds() - cpu_before;
         println!(
-            "insert   {total} rows in {:.1} s: {:.0} rows/s (batches of 512)",
+            "insert   {total} rows in {:.1} s: {:.0} rows/s (batches of 512), {:.2} µs CPU per row",
             insert.as_secs_f64(),
-            total as f64 / insert.as_secs_f64()
+            total as f64 / insert.as_secs_f64(),
+            cpu * 1e6 / total as f64
         );
 
         let started = Instant::now();

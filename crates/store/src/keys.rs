@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::analytics::{AnalyticsFilter, Dimension, Grouping};
 use crate::{Store, StoreError, now_ms};
 
 /// A key's public identifier (never the key itself).
@@ -231,28 +232,24 @@ impl Store {
 }
 
 impl Store {
-    /// USD spent by a key since `since_ms`, from the request log.
+    /// USD spent by a key since `since_ms`: the analytics rollups plus the rows not yet
+    /// rolled up, so it is exact and reads hours, not rows.
     pub async fn key_spend(&self, key_id: &str, since_ms: i64) -> Result<f64, StoreError> {
-        let spent: Option<f64> = sqlx::query_scalar(
-            "SELECT SUM(cost_usd) FROM request_logs WHERE key_id = ? AND created_at_ms >= ?",
-        )
-        .bind(key_id)
-        .bind(since_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(spent.unwrap_or(0.0))
+        self.spend(Dimension::Key, key_id, since_ms).await
     }
 
-    /// USD spent by every key of a team since `since_ms`.
+    /// USD spent by a team's requests (the team each was made for) since `since_ms`.
     pub async fn team_spend(&self, team: &str, since_ms: i64) -> Result<f64, StoreError> {
-        let spent: Option<f64> = sqlx::query_scalar(
-            "SELECT SUM(r.cost_usd) FROM request_logs r JOIN api_keys k ON r.key_id = k.id \
-             WHERE k.team = ? AND r.created_at_ms >= ?",
-        )
-        .bind(team)
-        .bind(since_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(spent.unwrap_or(0.0))
+        self.spend(Dimension::Team, team, since_ms).await
+    }
+
+    async fn spend(&self, dim: Dimension, value: &str, since_ms: i64) -> Result<f64, StoreError> {
+        let filter = AnalyticsFilter {
+            from_ms: since_ms,
+            to_ms: now_ms() + 1,
+            equals: vec![(dim, value.to_owned())],
+        };
+        let groups = self.analytics(&filter, Grouping::Total).await?;
+        Ok(groups.iter().map(|(_, total)| total.cost_usd).sum())
     }
 }

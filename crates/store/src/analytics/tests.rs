@@ -275,3 +275,34 @@ async fn retention_deletes_old_rows_after_rolling_them_up() {
         .unwrap();
     assert!(after[0].1.requests < before[0].1.requests);
 }
+
+#[tokio::test]
+async fn budget_spend_is_exact_before_and_after_rolling_up() {
+    let (_dir, store, rows) = store_with_rows(300).await;
+    let since = T0 + HOUR_MS + 1_234;
+    let direct = |keep: &dyn Fn(&RequestLogRow) -> bool| -> f64 {
+        rows.iter()
+            .filter(|r| r.created_at_ms >= since && keep(r))
+            .filter_map(|r| r.cost_usd)
+            .sum()
+    };
+    let want_key = direct(&|r| r.key_id.as_deref() == Some("key-1"));
+    let want_team = direct(&|r| r.team.as_deref() == Some("red"));
+    assert!(want_key > 0.0 && want_team > 0.0);
+    for max_rows in [0, 120, 100_000] {
+        if max_rows > 0 {
+            store.roll_up_request_logs(max_rows).await.unwrap();
+        }
+        let key = store.key_spend("key-1", since).await.unwrap();
+        let team = store.team_spend("red", since).await.unwrap();
+        assert!(
+            (key - want_key).abs() < 1e-9,
+            "{max_rows}: {key} vs {want_key}"
+        );
+        assert!(
+            (team - want_team).abs() < 1e-9,
+            "{max_rows}: {team} vs {want_team}"
+        );
+    }
+    assert_eq!(store.key_spend("key-nobody", since).await.unwrap(), 0.0);
+}
