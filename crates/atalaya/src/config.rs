@@ -86,6 +86,7 @@ struct RawConfig {
     teams: Vec<RawTeam>,
     guardrails: Vec<RawGuardrail>,
     alerts: RawAlerts,
+    health: health::RawHealth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -846,12 +847,12 @@ fn validate(
             "request_log.batch_size",
             origins,
         )? as usize,
-        flush_interval: Duration::from_millis(positive(
+        flush_interval: positive_ms(
             raw.request_log.flush_interval_ms,
-            defaults.flush_interval.as_millis() as u64,
+            defaults.flush_interval,
             "request_log.flush_interval_ms",
             origins,
-        )?),
+        )?,
         buffer_rows: positive(
             raw.request_log.buffer_rows,
             defaults.buffer_rows as u64,
@@ -1108,6 +1109,7 @@ fn validate(
         });
     }
     let alerts = validate_alerts(raw.alerts, origins)?;
+    let health_settings = health::settings(raw.health, origins)?;
     Ok(Settings {
         listen,
         data_dir,
@@ -1144,6 +1146,7 @@ fn validate(
             guardrails,
             alerts,
             log_requests: raw_request_log_enabled,
+            health: health_settings,
         },
     })
 }
@@ -1286,6 +1289,7 @@ fn validate_alerts(raw: RawAlerts, origins: &Origins) -> Result<AlertSettings, C
                         min_requests,
                     },
                     "circuit_open" => RuleKind::CircuitOpen,
+                    "health_level" => RuleKind::HealthLevel,
                     "budget" => RuleKind::Budget,
                     "critical_error" => RuleKind::CriticalError,
                     "anomaly" => RuleKind::Anomaly {
@@ -1303,7 +1307,7 @@ fn validate_alerts(raw: RawAlerts, origins: &Origins) -> Result<AlertSettings, C
                             key("kind"),
                             origins,
                             format!(
-                                "`{other}` is not one of: error_rate, p95_latency, circuit_open, budget, critical_error, anomaly"
+                                "`{other}` is not one of: error_rate, p95_latency, circuit_open, budget, critical_error, health_level, anomaly"
                             ),
                         ));
                     }
@@ -1334,12 +1338,12 @@ fn validate_alerts(raw: RawAlerts, origins: &Origins) -> Result<AlertSettings, C
         }
     };
     Ok(AlertSettings {
-        evaluate_interval: Duration::from_millis(positive(
+        evaluate_interval: positive_ms(
             raw.evaluate_interval_ms,
-            defaults.evaluate_interval.as_millis() as u64,
+            defaults.evaluate_interval,
             "alerts.evaluate_interval_ms",
             origins,
-        )?),
+        )?,
         dedupe: Duration::from_secs(
             60 * raw.dedupe_minutes.unwrap_or(defaults.dedupe.as_secs() / 60),
         ),
@@ -1635,12 +1639,12 @@ fn upkeep_settings(
         Some(days) => Ok(Some(Duration::from_secs(days * 86_400))),
     };
     Ok(UpkeepConfig {
-        rollup_interval: Duration::from_millis(positive(
+        rollup_interval: positive_ms(
             analytics.rollup_interval_ms,
-            defaults.rollup_interval.as_millis() as u64,
+            defaults.rollup_interval,
             "analytics.rollup_interval_ms",
             origins,
-        )?),
+        )?,
         retention_interval: Duration::from_secs(
             60 * positive(
                 retention.interval_minutes,
@@ -1676,6 +1680,7 @@ fn upkeep_settings(
                 "retention.alerts_days",
             )?,
         },
+        rollups_on: defaults.rollups_on,
     })
 }
 
@@ -1690,6 +1695,16 @@ fn positive(
         Some(value) => Ok(value),
         None => Ok(default),
     }
+}
+
+/// A positive number of milliseconds under `key`, or `default`.
+fn positive_ms(
+    value: Option<u64>,
+    default: Duration,
+    key: &str,
+    origins: &Origins,
+) -> Result<Duration, ConfigError> {
+    positive(value, default.as_millis() as u64, key, origins).map(Duration::from_millis)
 }
 
 fn validate_provider(
@@ -1909,6 +1924,7 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
 }
 
+mod health;
 mod otlp;
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use atalaya_gateway::alerts::{Alerts, Signal};
+use atalaya_gateway::health::HealthMonitor;
 use atalaya_gateway::{
     Actor, Auditor, Budgets, Events, Gateway, KeyCache, Limits, LocalRates, Routing, Shared,
 };
@@ -101,12 +102,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         &tracker,
         shutdown.clone(),
     );
-    spawn_upkeep(
-        store.clone(),
-        settings.upkeep.clone(),
-        &tracker,
-        shutdown.clone(),
-    );
     let keys = Arc::new(KeyCache::new(hasher, admin_hash, store.clone()));
     tracker.spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
     // Spans go on being exported while connections drain; the exporter stops last.
@@ -134,6 +129,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let evaluation = alerts.spawn();
     atalaya_gateway::events::announce_breakers(&routing, &events, Some(alerts.clone()));
+    let health = HealthMonitor::new(
+        settings.gateway.health.clone(),
+        routing.deployment_breakers(),
+        store.clone(),
+        events.clone(),
+        Some(alerts.clone()),
+        auditor.clone(),
+    );
+    health.check().await;
+    let mut upkeep = settings.upkeep.clone();
+    if let Some(switch) = health.switch("analytics_rollups") {
+        upkeep.rollups_on = atalaya_store::Switch(switch);
+    }
+    spawn_upkeep(store.clone(), upkeep, &tracker, shutdown.clone());
+    let health_task = health.spawn();
     let critical = alerts.clone();
     crate::reports::spawn_writer(
         store.clone(),
@@ -173,6 +183,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         events,
         reporter: Some(reporter),
         alerts: Some(alerts.clone()),
+        health: health.clone(),
     };
     let mut workers = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -213,6 +224,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "Connections still open after the grace period; closing them."
         );
     }
+    health_task.abort();
     // A last look, so what happened in the final interval is alerted too.
     evaluation.abort();
     alerts.evaluate(atalaya_store::now_ms()).await;

@@ -68,6 +68,8 @@ pub enum RuleKind {
     CircuitOpen,
     Budget,
     CriticalError,
+    /// The platform's health level below OPTIMAL.
+    HealthLevel,
     /// `sensitivity`: how many deviations from normal count as an anomaly.
     Anomaly {
         sensitivity: f64,
@@ -83,6 +85,7 @@ impl RuleKind {
             RuleKind::CircuitOpen => "circuit_open",
             RuleKind::Budget => "budget",
             RuleKind::CriticalError => "critical_error",
+            RuleKind::HealthLevel => "health_level",
             RuleKind::Anomaly { .. } => "anomaly",
         }
     }
@@ -184,6 +187,11 @@ impl AlertSettings {
                 "critical-error",
                 RuleKind::CriticalError,
                 AlertSeverity::Critical,
+            ),
+            rule(
+                "health-level",
+                RuleKind::HealthLevel,
+                AlertSeverity::Warning,
             ),
             rule(
                 "anomaly",
@@ -316,6 +324,12 @@ pub enum Signal {
         component: String,
         message: String,
         count: u64,
+    },
+    HealthLevel {
+        from: &'static str,
+        to: &'static str,
+        score: f64,
+        disabled: Vec<String>,
     },
 }
 
@@ -605,7 +619,10 @@ impl Alerts {
                         }
                     }
                 }
-                RuleKind::CircuitOpen | RuleKind::Budget | RuleKind::CriticalError => {}
+                RuleKind::CircuitOpen
+                | RuleKind::Budget
+                | RuleKind::CriticalError
+                | RuleKind::HealthLevel => {}
             }
         }
         let signals = self
@@ -656,6 +673,31 @@ impl Alerts {
                         let details = serde_json::json!({"scope": scope, "limit": which, "spent_usd": spent, "limit_usd": limit});
                         notices
                             .extend(self.once(&mut state, rule, subject, summary, details, now_ms));
+                    }
+                    (
+                        RuleKind::HealthLevel,
+                        Signal::HealthLevel {
+                            from,
+                            to,
+                            score,
+                            disabled,
+                        },
+                    ) => {
+                        let firing = *to != "OPTIMAL";
+                        let summary = if firing {
+                            let off = if disabled.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; switched off: {}", disabled.join(", "))
+                            };
+                            format!("health level {to} (was {from}, score {score:.0}){off}")
+                        } else {
+                            format!("health level back to {to} (score {score:.0})")
+                        };
+                        let details = serde_json::json!({"from": from, "to": to, "score": score, "disabled": disabled});
+                        notices.extend(transition(
+                            &mut state, rule, "platform", firing, 0, summary, details, now_ms,
+                        ));
                     }
                     (
                         RuleKind::CriticalError,

@@ -34,6 +34,8 @@ pub struct GatewayConfig {
     pub alerts: crate::alerts::AlertSettings,
     /// Whether data-plane requests are written to the request log (analytics read it).
     pub log_requests: bool,
+    /// Health score weights, level hysteresis and feature levels.
+    pub health: crate::health::HealthSettings,
 }
 
 #[derive(Debug, Clone)]

@@ -47,6 +47,12 @@ impl ApiError {
         }
     }
 
+    /// Tells the client when to try again.
+    pub fn retry_after_secs(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(HeaderValue::from(seconds));
+        self
+    }
+
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self

@@ -23,7 +23,7 @@ use crate::Gateway;
 use crate::error::ApiError;
 
 /// The kinds of event, as named on the wire.
-pub const KINDS: [&str; 5] = ["request", "breaker", "budget", "error", "alert"];
+pub const KINDS: [&str; 6] = ["request", "breaker", "budget", "error", "alert", "health"];
 
 /// Events held for slow subscribers before they start missing some.
 const CAPACITY: usize = 4_096;

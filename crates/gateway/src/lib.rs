@@ -24,6 +24,7 @@ mod error;
 mod errors;
 pub mod events;
 mod guardrails;
+pub mod health;
 mod limits;
 mod messages;
 mod openai;
@@ -86,6 +87,8 @@ pub struct Gateway {
     reporter: Option<atalaya_telemetry::Reporter>,
     /// Shared by every worker: alert rules over requests, breakers, budgets and errors.
     alerts: Option<Arc<alerts::Alerts>>,
+    /// Shared by every worker: health score, level and feature switches.
+    health: Arc<health::HealthMonitor>,
     /// This worker's HTTP clients.
     providers: Providers,
     metrics: PrometheusHandle,
@@ -138,6 +141,8 @@ pub struct Shared {
     /// Error tracking; `None` leaves failed requests to the request log alone.
     pub reporter: Option<atalaya_telemetry::Reporter>,
     pub alerts: Option<Arc<alerts::Alerts>>,
+    /// The platform's health score, level and feature switches.
+    pub health: Arc<health::HealthMonitor>,
 }
 
 impl Gateway {
@@ -156,6 +161,7 @@ impl Gateway {
             events: shared.events,
             reporter: shared.reporter,
             alerts: shared.alerts,
+            health: shared.health,
             metrics: shared.metrics,
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
@@ -587,6 +593,13 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/models/{*id}", get(v1::get_model))
         .route("/v1/messages", post(messages::create))
         .layer(middleware::from_fn_with_state(gateway.clone(), data_plane));
+    // A feature the health level can switch off answers 503 at once while it is off.
+    let gated = |router: Router<Arc<Gateway>>, feature: &'static str| {
+        router.layer(middleware::from_fn_with_state(
+            (gateway.clone(), feature),
+            feature_gate,
+        ))
+    };
     let guarded = |router: Router<Arc<Gateway>>, permission: auth::Permission| {
         router.layer(middleware::from_fn_with_state(
             (gateway.clone(), permission),
@@ -609,10 +622,18 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             .route("/api/v1/logs", get(admin::list_logs))
             .route("/api/v1/providers", get(admin::list_providers))
             .route("/api/v1/models", get(admin::list_models))
-            .route("/api/v1/analytics/summary", get(analytics::summary))
-            .route("/api/v1/analytics/timeseries", get(analytics::timeseries))
-            .route("/api/v1/analytics/breakdown", get(analytics::breakdown))
-            .route("/api/v1/events", get(events::feed))
+            .merge(gated(
+                Router::new()
+                    .route("/api/v1/analytics/summary", get(analytics::summary))
+                    .route("/api/v1/analytics/timeseries", get(analytics::timeseries))
+                    .route("/api/v1/analytics/breakdown", get(analytics::breakdown)),
+                "analytics",
+            ))
+            .merge(gated(
+                Router::new().route("/api/v1/events", get(events::feed)),
+                "live_feed",
+            ))
+            .route("/api/v1/health", get(health_report))
             .route("/api/v1/errors", get(errors::list))
             .route("/api/v1/errors/stats", get(errors::stats))
             .route("/api/v1/errors/{fingerprint}", get(errors::show))
@@ -634,7 +655,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         auth::Permission::Operate,
     );
     let call = guarded(
-        Router::new().route("/api/v1/compare", post(compare::compare)),
+        gated(
+            Router::new().route("/api/v1/compare", post(compare::compare)),
+            "compare",
+        ),
         auth::Permission::CallModels,
     );
     let router = Router::new()
@@ -899,10 +923,35 @@ async fn live() -> Response {
     axum::Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-/// Ready when storage accepts a write within two seconds.
+async fn feature_gate(
+    State((gateway, feature)): State<(Arc<Gateway>, &'static str)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match gateway.health.require(feature) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn health_report(State(gateway): State<Arc<Gateway>>) -> Response {
+    axum::Json(gateway.health.report()).into_response()
+}
+
+/// Ready when storage accepts a write within two seconds and the health level is above
+/// EMERGENCY.
 async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
+    let level = gateway.health.level();
+    if level == health::Level::Emergency {
+        return not_ready(&format!(
+            "health level EMERGENCY (score {:.0}); see GET /api/v1/health",
+            gateway.health.score()
+        ));
+    }
     match tokio::time::timeout(Duration::from_secs(2), gateway.store.check_writable()).await {
-        Ok(Ok(())) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Ok(())) => {
+            axum::Json(serde_json::json!({"status": "ready", "level": level})).into_response()
+        }
         Ok(Err(error)) => not_ready(&providers::error_chain(&error)),
         Err(_) => not_ready("storage did not accept a write within 2 s"),
     }

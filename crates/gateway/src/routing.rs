@@ -638,6 +638,19 @@ impl Routing {
             .collect()
     }
 
+    /// The breakers of configured deployments, once each: what the health score counts.
+    /// Prefix routes (`provider/*`) are left out: they serve whatever model a client names,
+    /// so their breaker says little about the provider as a whole.
+    pub fn deployment_breakers(&self) -> Vec<Arc<CircuitBreaker>> {
+        let mut seen = std::collections::HashSet::new();
+        self.plans
+            .values()
+            .flat_map(|plan| plan.deployments.iter().map(|d| &d.health))
+            .filter(|health| seen.insert(Arc::as_ptr(health)))
+            .map(|health| health.breaker.clone())
+            .collect()
+    }
+
     pub fn new(config: &GatewayConfig) -> Result<Arc<Routing>, RoutingError> {
         let settings = config.routing.clone();
         let mut routing = Routing {

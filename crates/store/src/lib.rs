@@ -37,7 +37,7 @@ pub use keys::{KeyId, KeyRecord, KeyUpdate, NewKey};
 pub use log_writer::{LogWriter, LogWriterConfig, spawn_log_writer};
 pub use request_log::{LogPage, LogQuery, RequestLogRow};
 pub use secrets::{SecretInfo, SecretRow};
-pub use upkeep::{Deleted, Retention, UpkeepConfig, spawn_upkeep};
+pub use upkeep::{Deleted, Retention, Switch, UpkeepConfig, spawn_upkeep};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

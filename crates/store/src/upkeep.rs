@@ -4,6 +4,8 @@
 //! Deletions run in chunks of a few thousand rows, each its own short transaction, so the
 //! request-log writer never waits long behind a clean-up.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -43,6 +45,25 @@ pub struct UpkeepConfig {
     /// How often the retention clean-up runs.
     pub retention_interval: Duration,
     pub retention: Retention,
+    /// Roll-ups run only while this is on (the health level switches it); queries stay
+    /// exact meanwhile, reading the rows not rolled up.
+    pub rollups_on: Switch,
+}
+
+/// A shared on/off flag; equal when both are in the same position.
+#[derive(Debug, Clone)]
+pub struct Switch(pub Arc<AtomicBool>);
+
+impl Switch {
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl PartialEq for Switch {
+    fn eq(&self, other: &Switch) -> bool {
+        self.is_on() == other.is_on()
+    }
 }
 
 impl Default for UpkeepConfig {
@@ -51,6 +72,7 @@ impl Default for UpkeepConfig {
             rollup_interval: Duration::from_secs(5),
             retention_interval: Duration::from_secs(3600),
             retention: Retention::default(),
+            rollups_on: Switch(Arc::new(AtomicBool::new(true))),
         }
     }
 }
@@ -177,7 +199,12 @@ pub fn spawn_upkeep(
         loop {
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = rollup.tick() => store.roll_up_all().await.map(|_| ()),
+                _ = rollup.tick() => {
+                    if !config.rollups_on.is_on() {
+                        continue;
+                    }
+                    store.roll_up_all().await.map(|_| ())
+                }
                 _ = retention.tick() => match store.apply_retention(&config.retention, now_ms()).await {
                     Ok(deleted) => {
                         if deleted != Deleted::default() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use atalaya_telemetry::otlp::OtlpSettings;
 use serde::Deserialize;
 
-use super::{ConfigError, Env, Origins, error, positive};
+use super::{ConfigError, Env, Origins, error, positive, positive_ms};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -150,18 +150,18 @@ pub(super) fn settings(
         )? as usize,
         batch_spans: positive(raw.batch_spans, 512, "telemetry.otlp.batch_spans", origins)?
             as usize,
-        flush_interval: Duration::from_millis(positive(
+        flush_interval: positive_ms(
             raw.flush_interval_ms,
-            1_000,
+            Duration::from_millis(1_000),
             "telemetry.otlp.flush_interval_ms",
             origins,
-        )?),
-        timeout: Duration::from_millis(positive(
+        )?,
+        timeout: positive_ms(
             raw.timeout_ms,
-            10_000,
+            Duration::from_millis(10_000),
             "telemetry.otlp.timeout_ms",
             origins,
-        )?),
+        )?,
     }))
 }
 

@@ -208,6 +208,8 @@ fn the_example_file_loads_and_documents_every_key() {
         "[analytics]\n__probe = 1",
         "[retention]\n__probe = 1",
         "[alerts]\n__probe = 1",
+        "[health]\n__probe = 1",
+        "[health.weights]\n__probe = 1",
         "[[alerts.rules]]\nname = \"x\"\nkind = \"budget\"\n__probe = 1",
         "[[alerts.channels]]\nname = \"x\"\ntype = \"slack\"\nurl = \"http://x\"\n__probe = 1",
         "[sim]\n__probe = 1",
@@ -343,4 +345,42 @@ fn span_export_rejects_what_it_cannot_do() {
     assert!(ratio.contains("sample_ratio"), "{ratio}");
     let bad = load_err("[telemetry.otlp]\nendpoint = \"not a url\"\n", &[]);
     assert!(bad.contains("not an http(s) URL"), "{bad}");
+}
+
+#[test]
+fn health_settings_load_and_bad_ones_name_the_key() {
+    let (_dir, flags) = with_file(
+        "[health]\ninterval_ms = 250\nrecover_after_ms = 0\n[health.weights]\nproviders = 70\n[health.features]\ncompare = \"minimal\"\n",
+    );
+    let health = load(&flags, &Env::new()).unwrap().gateway.health;
+    assert_eq!(health.interval.as_millis(), 250);
+    assert!(health.recover_after.is_zero());
+    assert_eq!(health.weights.providers, 70.0);
+    assert_eq!(health.weights.database, 30.0);
+    assert_eq!(
+        health.feature_levels,
+        vec![(
+            "compare".to_owned(),
+            atalaya_gateway::health::Level::Minimal
+        )]
+    );
+    for (text, needle) in [
+        (
+            "[health.features]\ncaching = \"limited\"\n",
+            "health.features.caching",
+        ),
+        (
+            "[health.features]\ncompare = \"sometimes\"\n",
+            "not a level",
+        ),
+        (
+            "[health.weights]\ndatabase = -1\n",
+            "health.weights.database",
+        ),
+        ("[health]\nhysteresis = 80\n", "health.hysteresis"),
+        ("[health]\ninterval_ms = 0\n", "health.interval_ms"),
+    ] {
+        let message = load_err(text, &[]);
+        assert!(message.contains(needle), "{text}: {message}");
+    }
 }

@@ -14,6 +14,7 @@ mod errors;
 mod events;
 mod guardrails;
 mod harness;
+mod health;
 mod keys;
 mod masking;
 mod messages;
