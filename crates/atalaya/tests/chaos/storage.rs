@@ -1,0 +1,158 @@
+//! Storage faults: requests never wait on the database, and request-log rows buffered during
+//! an outage are all written when it ends, shutdown included.
+
+use std::time::Duration;
+
+use sqlx::Connection as _;
+
+use crate::harness::*;
+use crate::*;
+
+async fn lock(server: &Server) -> sqlx::SqliteConnection {
+    let url = format!("sqlite://{}", server.database().display());
+    let mut blocker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    blocker
+}
+
+async fn unlock(mut blocker: sqlx::SqliteConnection) {
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn database_locked_briefly() {
+    let cluster = cluster("");
+    let blocker = lock(&cluster.server).await;
+    let n = scale();
+    let tally = fire(
+        &cluster.server,
+        "/v1/chat/completions",
+        &ask(false),
+        n,
+        false,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    unlock(blocker).await;
+    let lost = lost_rows(&cluster.server, n).await;
+    record(
+        "database locked",
+        "another process holds the write lock for 1.5 s",
+        &tally,
+        lost,
+        "requests did not wait; rows written after",
+    );
+    assert_eq!(tally.ok, n, "{:?}", tally.failure);
+    assert_eq!(lost, 0);
+}
+
+#[tokio::test]
+async fn database_slow() {
+    let cluster = cluster("");
+    let server = &cluster.server;
+    let n = scale();
+    // The lock comes and goes every 200 ms while requests run: every write waits.
+    let database = server.database();
+    let pulses = tokio::spawn(async move {
+        let url = format!("sqlite://{}", database.display());
+        for _ in 0..8 {
+            let mut blocker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query("BEGIN EXCLUSIVE")
+                .execute(&mut blocker)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+            blocker.close().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let tally = fire(server, "/v1/chat/completions", &ask(false), n, false).await;
+    pulses.await.unwrap();
+    let lost = lost_rows(server, n).await;
+    record(
+        "database slow",
+        "the write lock held 200 ms of every 220 ms for 1.8 s",
+        &tally,
+        lost,
+        "requests did not wait; rows written between pulses",
+    );
+    assert_eq!(tally.ok, n, "{:?}", tally.failure);
+    assert_eq!(lost, 0);
+}
+
+#[tokio::test]
+async fn database_down_past_the_busy_timeout() {
+    let cluster = cluster("[health]\ninterval_ms = 200\ndatabase_slow_ms = 250\n");
+    let server = &cluster.server;
+    let blocker = lock(server).await;
+    let n = scale();
+    let tally = fire(server, "/v1/chat/completions", &ask(false), n, false).await;
+    // Past the writer's 5 s busy timeout: writes fail, are counted, and rows stay buffered.
+    eventually(Duration::from_secs(15), || async {
+        (metric(server, "atalaya_request_log_write_errors_total").await >= 1.0).then_some(())
+    })
+    .await;
+    let (ready, _) = get(&format!("{}/health/ready", server.url()), "").await;
+    let (_, health) = get(&format!("{}/api/v1/health", server.url()), ADMIN_KEY).await;
+    unlock(blocker).await;
+    let lost = lost_rows(server, n).await;
+    let dropped = metric(server, "atalaya_request_log_rows_dropped_total").await;
+    record(
+        "database down",
+        "the write lock held past the writer's busy timeout",
+        &tally,
+        lost,
+        &format!(
+            "/health/ready {ready} while down, database {}; buffered rows written when it came back, {dropped} dropped",
+            health["dependencies"][0]["state"]
+        ),
+    );
+    assert_eq!(tally.ok, n, "{:?}", tally.failure);
+    assert_eq!(ready, 503);
+    assert_eq!(health["dependencies"][0]["state"], "down", "{health}");
+    assert_eq!(lost, 0);
+    assert_eq!(dropped, 0.0);
+}
+
+#[tokio::test]
+async fn shutdown_with_buffered_rows() {
+    let Cluster {
+        mocks: _mocks,
+        server,
+    } = cluster("");
+    let blocker = lock(&server).await;
+    let n = scale();
+    let tally = fire(&server, "/v1/chat/completions", &ask(false), n, false).await;
+    let database = server.database();
+    // SIGTERM while the rows cannot be written; the lock goes a second later, within the
+    // writer's drain time.
+    let stopping = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        let status = server.process.terminate();
+        (status, server)
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    unlock(blocker).await;
+    let (status, _server) = stopping.await.unwrap();
+    let url = format!("sqlite://{}", database.display());
+    let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM request_logs")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    let lost = n.saturating_sub(rows as usize);
+    record(
+        "shutdown with buffered rows",
+        "SIGTERM while the database is locked",
+        &tally,
+        lost,
+        "the writer drained them once the lock went, then the process exited 0",
+    );
+    assert!(status.success(), "{status}");
+    assert_eq!(lost, 0);
+}
