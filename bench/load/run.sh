@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load suite: 18 scenarios with wrk against the release binary and mock-provider, each on a
+# Load suite: 19 scenarios with wrk against the release binary and mock-provider, each on a
 # fresh gateway so its peak RSS (VmHWM) is its own. Prints a table of RPS, p50/p95/p99, errors
 # and peak RSS, and writes it to bench/results/load-latest.md (bench/load/RESULTS.md keeps a run with notes).
 #
@@ -95,6 +95,7 @@ if want burst-2k; then start_gateway "$openai"; scenario burst-2k /v1/chat/compl
 if want upstream-50ms; then start_gateway "$(provider p0 "$late_port")"; scenario upstream-50ms /v1/chat/completions "$bodies/chat.json" 256 2 "" "upstream_answers_after_50_ms"; stop_gateway; fi
 if want sse-1k; then start_gateway "$(provider p0 "$slow_port")"; scenario sse-1k /v1/chat/completions "$bodies/chat-stream.json" 1000 2 "" "streams_at_20_tokens/s_through_mock-provider"; stop_gateway; fi
 if want sse-9k; then start_gateway "$(provider p0 "$slow_port")"; scenario sse-9k /v1/chat/completions "$bodies/chat-stream.json" 9000 2 "" "streams_at_20_tokens/s_through_mock-provider"; stop_gateway; fi
+if want sse-10k-h2; then start_gateway "$(provider p0 "$slow_port")$(printf '\nhttp2_prior_knowledge = true\n')"; scenario sse-10k-h2 /v1/chat/completions "$bodies/chat-stream.json" 10000 2 "" "streams_at_20_tokens/s_through_mock-provider,_upstream_over_h2c"; stop_gateway; fi
 if want sse-10k-sim; then start_gateway "$(printf '[sim]\nenabled = true\ntokens_per_second = 20\n')"; scenario sse-10k-sim /v1/chat/completions "$work/sim-stream.json" 10000 2 "" "streams_at_20_tokens/s_from_the_built-in_simulator"; stop_gateway; fi
 if want large-prompt; then start_gateway "$openai"; scenario large-prompt /v1/chat/completions "$work/large.json" 8 2 "" "1_MB_prompt"; stop_gateway; fi
 if want many-keys; then start_gateway "$openai"; keys=$(create_keys 200); scenario many-keys /v1/chat/completions "$bodies/chat.json" 32 2 "$keys" "200_virtual_keys_in_turn"; stop_gateway; fi
@@ -131,7 +132,7 @@ out = [
     "|---|---|---|---|---|---|---|---|---|---|",
 ]
 conns = {"steady-chat": 32, "steady-stream": 32, "burst-256": 256, "burst-2k": 2000, "upstream-50ms": 256,
-         "sse-1k": 1000, "sse-9k": 9000, "sse-10k-sim": 10000, "large-prompt": 8, "many-keys": 32,
+         "sse-1k": 1000, "sse-9k": 9000, "sse-10k-h2": 10000, "sse-10k-sim": 10000, "large-prompt": 8, "many-keys": 32,
          "rate-limited": 32, "failover": 32, "logging-on": 32, "logging-off": 32, "embeddings": 32,
          "anthropic": 32, "anthropic-stream": 32, "translated-stream": 32}
 for name, f in rows:

@@ -291,6 +291,7 @@ struct RawProvider {
     connect_timeout_ms: Option<u64>,
     timeout_ms: Option<u64>,
     stream_idle_timeout_ms: Option<u64>,
+    http2_prior_knowledge: Option<bool>,
     /// Azure's `api-version`.
     api_version: Option<String>,
     /// Bedrock's region and credentials.
@@ -1910,6 +1911,7 @@ fn validate_provider(
             120_000,
             "stream_idle_timeout_ms",
         )?,
+        http2_prior_knowledge: raw.http2_prior_knowledge.unwrap_or(false),
         source,
     })
 }

@@ -105,6 +105,10 @@ pub struct ProviderSettings {
     pub timeout: Duration,
     /// Longest silence between two chunks of a streamed answer.
     pub stream_idle_timeout: Duration,
+    /// Speak HTTP/2 from the first byte over plain `http://` (h2c), for upstreams that
+    /// accept it: every request shares a few connections instead of one each. HTTPS upstreams
+    /// negotiate HTTP/2 on their own.
+    pub http2_prior_knowledge: bool,
     /// Why this provider is on (config file, environment variable), for operators.
     pub source: String,
 }

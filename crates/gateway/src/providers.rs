@@ -134,6 +134,7 @@ struct ClientSettings {
     headers: HeaderMap,
     connect_timeout: Duration,
     read_timeout: Duration,
+    http2_prior_knowledge: bool,
 }
 
 impl Clients {
@@ -156,11 +157,18 @@ impl Clients {
             headers,
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.stream_idle_timeout,
+            http2_prior_knowledge: settings.http2_prior_knowledge,
         };
         if let Some((_, client)) = self.built.iter().find(|(built, _)| *built == wanted) {
             return Ok(client.clone());
         }
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder();
+        let builder = if wanted.http2_prior_knowledge {
+            builder.http2_prior_knowledge()
+        } else {
+            builder
+        };
+        let client = builder
             .user_agent(concat!("atalaya/", env!("CARGO_PKG_VERSION")))
             // Set once on the client rather than cloned into every request.
             .default_headers(wanted.headers.clone())

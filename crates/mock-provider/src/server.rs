@@ -120,6 +120,8 @@ pub struct Stats {
     pub streams_cancelled: AtomicU64,
     /// Requests answered with an injected fault.
     pub faults_injected: AtomicU64,
+    /// Requests that came over HTTP/2 (h2c, prior knowledge).
+    pub http2_requests: AtomicU64,
 }
 
 /// One request as the simulator received it.
@@ -270,7 +272,23 @@ pub fn router(state: Arc<MockState>) -> Router {
         )
         .route("/_mock/profile", get(get_profile).put(put_profile))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_versions,
+        ))
         .with_state(state)
+}
+
+/// Counts HTTP/2 requests, so tests can tell which protocol a client used.
+async fn count_versions(
+    State(state): State<Arc<MockState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.version() == http::Version::HTTP_2 {
+        state.stats.http2_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    next.run(request).await
 }
 
 /// Serves until `shutdown` resolves. Sockets get `TCP_NODELAY`, as every upstream should.

@@ -300,3 +300,33 @@ async fn a_client_leaving_before_a_plain_answer_is_still_logged() {
     .await;
     assert_eq!(row["status"], 499);
 }
+
+#[tokio::test]
+async fn http2_prior_knowledge_shares_connections_with_an_h2c_upstream() {
+    let upstream = mock(MockOptions::default());
+    let server = serve(ServeOptions {
+        config: &gpt_on(&upstream).replace(
+            "models = [\"gpt-4o-mini\"]",
+            "models = [\"gpt-4o-mini\"]\nhttp2_prior_knowledge = true",
+        ),
+        ..ServeOptions::default()
+    });
+    let url = format!("{}/v1/chat/completions", server.url());
+    let statuses = send_many(
+        &server,
+        "/v1/chat/completions",
+        &chat_body("gpt-4o-mini", true),
+        20,
+        10,
+    )
+    .await;
+    assert!(
+        statuses.iter().all(|(status, _)| *status == 200),
+        "{statuses:?}"
+    );
+    let (status, _, body) = post(&url, ADMIN_KEY, &chat_body("gpt-4o-mini", false)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, stats) = get(&format!("{}/_mock/stats", upstream.url()), "").await;
+    assert_eq!(stats["http2_requests"], 21, "{stats}");
+    assert_eq!(stats["streams_completed"], 20, "{stats}");
+}
