@@ -210,6 +210,9 @@ struct RawRequestLog {
     batch_size: Option<u64>,
     flush_interval_ms: Option<u64>,
     buffer_rows: Option<u64>,
+    spill_dir: Option<String>,
+    spill_max_mb: Option<f64>,
+    drain_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -860,7 +863,28 @@ fn validate(
             "request_log.buffer_rows",
             origins,
         )? as usize,
-        drain_timeout: defaults.drain_timeout,
+        drain_timeout: positive_ms(
+            raw.request_log.drain_timeout_ms,
+            defaults.drain_timeout,
+            "request_log.drain_timeout_ms",
+            origins,
+        )?,
+        spill_dir: match raw.request_log.spill_dir.as_deref() {
+            None => Some(data_dir.join("spill")),
+            Some("") => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+        },
+        spill_max_bytes: match raw.request_log.spill_max_mb {
+            None => defaults.spill_max_bytes,
+            Some(mb) if mb.is_finite() && mb > 0.0 => (mb * 1_048_576.0) as u64,
+            Some(_) => {
+                return Err(error(
+                    "request_log.spill_max_mb",
+                    origins,
+                    "must be greater than 0",
+                ));
+            }
+        },
     };
     let upkeep = upkeep_settings(&raw.analytics, &raw.retention, origins)?;
 

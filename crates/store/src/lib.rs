@@ -13,6 +13,7 @@ mod keys;
 mod log_writer;
 mod request_log;
 mod secrets;
+mod spill;
 mod upkeep;
 
 use std::path::Path;

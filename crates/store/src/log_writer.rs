@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::spill::Spill;
 use crate::{RequestLogRow, Store};
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,11 @@ pub struct LogWriterConfig {
     pub buffer_rows: usize,
     /// How long shutdown keeps trying to write what is left.
     pub drain_timeout: Duration,
+    /// Where rows go when the database cannot take them in time (an outage filling half the
+    /// buffer, or shutdown); `None` keeps them in memory only.
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// Most bytes the spill may hold; beyond it rows are dropped and counted.
+    pub spill_max_bytes: u64,
 }
 
 impl Default for LogWriterConfig {
@@ -38,6 +44,8 @@ impl Default for LogWriterConfig {
             flush_interval: Duration::from_millis(200),
             buffer_rows: 100_000,
             drain_timeout: Duration::from_secs(10),
+            spill_dir: None,
+            spill_max_bytes: 1 << 30,
         }
     }
 }
@@ -58,6 +66,12 @@ struct Shared {
     /// Rows the writer has taken but not yet written.
     held: AtomicUsize,
     batch_size: usize,
+    /// Pending rows at which the writer moves them to the spill; `usize::MAX` without one.
+    spill_at: usize,
+    /// With a spill: queued rows at which a write in flight stops to spill them, and the most
+    /// the queue takes (the rest of `buffer_rows` is the writer's, below `spill_at`).
+    spill_queue_at: usize,
+    queue_limit: Option<usize>,
     notify: Notify,
     /// Live `LogWriter` handles; the writer drains and stops when none are left.
     handles: AtomicUsize,
@@ -88,13 +102,20 @@ impl LogWriter {
         };
         // Full only when the whole buffer is: a slow commit must not drop rows while the
         // writer's side still has room.
-        if queue.len() + self.shared.held.load(Ordering::Relaxed) >= self.shared.buffer_rows {
+        let full = match self.shared.queue_limit {
+            Some(limit) => queue.len() >= limit,
+            None => {
+                queue.len() + self.shared.held.load(Ordering::Relaxed) >= self.shared.buffer_rows
+            }
+        };
+        if full {
             drop(queue);
             metrics::counter!(names::LOG_ROWS_DROPPED).increment(1);
             return;
         }
         queue.push(row);
-        let full = queue.len() == self.shared.batch_size;
+        let full =
+            queue.len() == self.shared.batch_size || queue.len() >= self.shared.spill_queue_at;
         drop(queue);
         if full {
             self.shared.notify.notify_one();
@@ -118,6 +139,22 @@ pub fn spawn_log_writer(
         buffer_rows: config.buffer_rows.max(batch_size),
         held: AtomicUsize::new(0),
         batch_size,
+        spill_at: if config.spill_dir.is_some() {
+            (config.buffer_rows / 2).max(batch_size)
+        } else {
+            usize::MAX
+        },
+        spill_queue_at: if config.spill_dir.is_some() {
+            (config.buffer_rows / 4).max(1)
+        } else {
+            usize::MAX
+        },
+        queue_limit: config.spill_dir.as_ref().map(|_| {
+            config
+                .buffer_rows
+                .saturating_sub((config.buffer_rows / 2).max(batch_size))
+                .max(batch_size)
+        }),
         notify: Notify::new(),
         handles: AtomicUsize::new(1),
     });
@@ -141,9 +178,24 @@ async fn run(
     let mut flush_at = Instant::now() + config.flush_interval;
     let mut failing_since: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
+    let mut spill = config.spill_dir.as_deref().and_then(|dir| {
+        Spill::open(dir, config.spill_max_bytes)
+            .map_err(|error| {
+                tracing::error!(dir = %dir.display(), %error, "The request-log spill cannot be opened; rows the database cannot take stay in memory.");
+            })
+            .ok()
+    });
+    // An outage spills once half the buffer is waiting, so handlers keep room.
+    let spill_at = shared.spill_at;
 
     loop {
-        take_queue(&shared, &mut spare, &mut pending, config.buffer_rows);
+        // With a spill, what does not fit goes to disk below rather than being dropped here.
+        let capacity = if spill.is_some() {
+            usize::MAX
+        } else {
+            config.buffer_rows
+        };
+        take_queue(&shared, &mut spare, &mut pending, capacity);
         shared.held.store(pending.len(), Ordering::Relaxed);
         let open = shared.handles.load(Ordering::Acquire) > 0;
         if !open && pending.is_empty() {
@@ -152,13 +204,78 @@ async fn run(
         let now = Instant::now();
         if drain_deadline.is_some_and(|deadline| now >= deadline) {
             if !pending.is_empty() {
-                tracing::error!(
-                    rows = pending.len(),
-                    "Request-log rows could not be written before shutdown."
-                );
-                metrics::counter!(names::LOG_ROWS_DROPPED).increment(pending.len() as u64);
+                let rows = pending.len();
+                let lost = spill_out(spill.as_mut(), &mut pending);
+                if lost > 0 {
+                    tracing::error!(
+                        rows = lost,
+                        "Request-log rows could not be written before shutdown."
+                    );
+                    metrics::counter!(names::LOG_ROWS_DROPPED).increment(lost as u64);
+                } else {
+                    tracing::warn!(
+                        rows,
+                        "Request-log rows not written before shutdown were spilled to disk; they are written at the next start."
+                    );
+                }
             }
             break;
+        }
+        if pending.len() >= spill_at && spill.is_some() {
+            let lost = spill_out(spill.as_mut(), &mut pending);
+            if lost > 0 {
+                metrics::counter!(names::LOG_ROWS_DROPPED).increment(lost as u64);
+            }
+            shared.held.store(pending.len(), Ordering::Relaxed);
+        }
+        if pending.len() < config.batch_size
+            && now >= next_attempt
+            && let Some(path) = spill
+                .as_ref()
+                .filter(|s| !s.is_empty())
+                .and_then(|s| s.files().into_iter().next())
+        {
+            let (rows, bad) = match Spill::read(&path) {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "A spilled request-log file cannot be read; it is set aside.");
+                    if let Some(spilled) = spill.as_mut() {
+                        spilled.forget(&path);
+                    }
+                    continue;
+                }
+            };
+            let write = store.insert_request_logs(&rows);
+            match while_writing(write, &shared, spill.as_mut()).await {
+                Ok(()) => {
+                    if let Some(spilled) = spill.as_mut() {
+                        spilled.remove(&path);
+                    }
+                    metrics::counter!(names::LOG_ROWS_REPLAYED).increment(rows.len() as u64);
+                    metrics::counter!(names::LOG_ROWS_WRITTEN).increment(rows.len() as u64);
+                    if bad > 0 {
+                        metrics::counter!(names::LOG_ROWS_DROPPED).increment(bad as u64);
+                    }
+                    tracing::info!(
+                        rows = rows.len(),
+                        unreadable = bad,
+                        "Spilled request-log rows written."
+                    );
+                    storage_back(&mut failing_since, pending.len());
+                    backoff = Duration::ZERO;
+                    next_attempt = Instant::now();
+                }
+                Err(error) => {
+                    metrics::counter!(names::LOG_WRITE_ERRORS).increment(1);
+                    if failing_since.is_none() {
+                        failing_since = Some(Instant::now());
+                        tracing::warn!(error = %error_chain(&error), "Replaying spilled request-log rows failed; retrying.");
+                    }
+                    backoff = (backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF);
+                    next_attempt = Instant::now() + backoff;
+                }
+            }
+            continue;
         }
         let urgent = pending.len() >= config.batch_size || !open || drain_deadline.is_some();
         let ready = !pending.is_empty() && now >= next_attempt && (urgent || now >= flush_at);
@@ -183,7 +300,7 @@ async fn run(
         let take = pending.len().min(config.batch_size);
         // Written from the buffer itself: no copy of the rows.
         let batch = &pending.make_contiguous()[..take];
-        match store.insert_request_logs(batch).await {
+        match while_writing(store.insert_request_logs(batch), &shared, spill.as_mut()).await {
             Ok(()) => {
                 pending.drain(..take);
                 shared.held.store(pending.len(), Ordering::Relaxed);
@@ -195,13 +312,7 @@ async fn run(
                     pending.shrink_to(pending.len().max(config.batch_size));
                 }
                 metrics::counter!(names::LOG_ROWS_WRITTEN).increment(take as u64);
-                if let Some(since) = failing_since.take() {
-                    tracing::info!(
-                        outage_ms = since.elapsed().as_millis() as u64,
-                        pending = pending.len(),
-                        "Request-log storage is back."
-                    );
-                }
+                storage_back(&mut failing_since, pending.len());
                 backoff = Duration::ZERO;
                 next_attempt = Instant::now();
                 flush_at = next_attempt + config.flush_interval;
@@ -223,6 +334,72 @@ async fn run(
         metrics::gauge!(names::LOG_ROWS_PENDING).set(waiting(&shared, pending.len()) as f64);
     }
     metrics::gauge!(names::LOG_ROWS_PENDING).set(waiting(&shared, pending.len()) as f64);
+}
+
+/// Moves every pending row to the spill; returns how many could not be spilled (and are
+/// gone from `pending` all the same: the caller counts them as dropped).
+fn spill_out(spill: Option<&mut Spill>, pending: &mut VecDeque<RequestLogRow>) -> usize {
+    /// Rows per spill file: a file is replayed in one transaction.
+    const FILE_ROWS: usize = 20_000;
+    let Some(spill) = spill else {
+        let lost = pending.len();
+        pending.clear();
+        return lost;
+    };
+    let mut lost = 0;
+    while !pending.is_empty() {
+        let take = pending.len().min(FILE_ROWS);
+        let rows = &pending.make_contiguous()[..take];
+        match spill.write(rows) {
+            Ok(()) => metrics::counter!(names::LOG_ROWS_SPILLED).increment(take as u64),
+            Err(error) => {
+                tracing::error!(%error, rows = take, "Request-log rows could not be spilled and are dropped.");
+                lost += take;
+            }
+        }
+        pending.drain(..take);
+    }
+    lost
+}
+
+/// Logs the end of an outage, once.
+fn storage_back(failing_since: &mut Option<Instant>, pending: usize) {
+    if let Some(since) = failing_since.take() {
+        tracing::info!(
+            outage_ms = since.elapsed().as_millis() as u64,
+            pending,
+            "Request-log storage is back."
+        );
+    }
+}
+
+/// Awaits a write; meanwhile, whenever handlers have queued enough rows to reach the spill
+/// mark, moves them to the spill so a write stuck on a locked database drops nothing.
+async fn while_writing<T>(
+    write: impl std::future::Future<Output = T>,
+    shared: &Shared,
+    mut spill: Option<&mut Spill>,
+) -> T {
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            result = &mut write => return result,
+            () = shared.notify.notified() => {
+                let Some(spill) = spill.as_deref_mut() else {
+                    continue;
+                };
+                let queued = match shared.queue.lock() {
+                    Ok(mut queue) if queue.len() >= shared.spill_queue_at => std::mem::take(&mut *queue),
+                    _ => continue,
+                };
+                let mut queued: VecDeque<RequestLogRow> = queued.into();
+                let lost = spill_out(Some(spill), &mut queued);
+                if lost > 0 {
+                    metrics::counter!(names::LOG_ROWS_DROPPED).increment(lost as u64);
+                }
+            }
+        }
+    }
 }
 
 /// Rows not yet written: those the writer holds and those still queued by handlers.

@@ -1,15 +1,15 @@
 //! The `request_logs` repository.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::QueryBuilder;
 
 use crate::{Store, StoreError};
 
 /// One data-plane request as recorded after it finished.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct RequestLogRow {
     /// Storage order; 0 until written.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     #[sqlx(default)]
     pub seq: i64,
     pub request_id: String,
@@ -17,6 +17,7 @@ pub struct RequestLogRow {
     pub key_id: Option<String>,
     /// The calling key's team, if it has one.
     #[sqlx(default)]
+    #[serde(default)]
     pub team: Option<String>,
     pub endpoint: String,
     pub model: Option<String>,

@@ -40,6 +40,10 @@ pub mod names {
     pub const LOG_ROWS_DROPPED: &str = "atalaya_request_log_rows_dropped_total";
     /// Request-log rows waiting to be written.
     pub const LOG_ROWS_PENDING: &str = "atalaya_request_log_rows_pending";
+    /// Request-log rows written to the spill directory because the database could not take them.
+    pub const LOG_ROWS_SPILLED: &str = "atalaya_request_log_rows_spilled_total";
+    /// Spilled request-log rows written to the database afterwards.
+    pub const LOG_ROWS_REPLAYED: &str = "atalaya_request_log_rows_replayed_total";
     /// Failed request-log batch writes (each is retried).
     pub const LOG_WRITE_ERRORS: &str = "atalaya_request_log_write_errors_total";
     /// Circuit breaker state by `breaker`: 0 closed, 1 half-open, 2 open.
@@ -176,6 +180,14 @@ fn describe() {
         "Request-log rows dropped because the bounded buffer was full."
     );
     describe_gauge!(LOG_ROWS_PENDING, "Request-log rows waiting to be written.");
+    describe_counter!(
+        LOG_ROWS_SPILLED,
+        "Request-log rows spilled to disk because the database could not take them."
+    );
+    describe_counter!(
+        LOG_ROWS_REPLAYED,
+        "Spilled request-log rows written to the database afterwards."
+    );
     describe_counter!(
         LOG_WRITE_ERRORS,
         "Failed request-log batch writes (rows are kept and retried)."

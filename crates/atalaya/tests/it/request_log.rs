@@ -152,7 +152,8 @@ async fn shutdown_writes_what_is_buffered() {
 #[tokio::test]
 async fn a_full_buffer_drops_rows_counts_them_and_keeps_the_rest() {
     let server = serve(ServeOptions {
-        config: "[request_log]\nbuffer_rows = 5\nbatch_size = 1\nflush_interval_ms = 50\n",
+        // Without a spill: rows the buffer cannot hold are dropped.
+        config: "[request_log]\nbuffer_rows = 5\nbatch_size = 1\nflush_interval_ms = 50\nspill_dir = \"\"\n",
         ..ServeOptions::default()
     });
     let url = format!("sqlite://{}", server.database().display());
