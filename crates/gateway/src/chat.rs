@@ -439,7 +439,7 @@ pub(crate) async fn sim(
         Duration::ZERO
     };
     Ok(SimAnswer::Stream(Box::pin(
-        mock_provider::paced(answer.events(), gap).map(Ok),
+        mock_provider::paced(answer.into_events(), gap).map(Ok),
     )))
 }
 

@@ -397,56 +397,99 @@ impl ChatAnswer {
     /// Every SSE event of the streamed answer, in order, each a complete `data: ...\n\n`
     /// frame; the last is `data: [DONE]`.
     pub fn events(&self) -> Vec<Bytes> {
-        let mut events = Vec::new();
+        self.steps()
+            .into_iter()
+            .map(|step| self.render(step))
+            .collect()
+    }
+
+    /// The same events, each rendered only when it is taken: a stream paced over seconds
+    /// holds its answer, not every frame of it.
+    pub fn into_events(self) -> impl Iterator<Item = Bytes> + Send + 'static {
+        let steps = self.steps();
+        steps.into_iter().map(move |step| self.render(step))
+    }
+
+    fn steps(&self) -> Vec<Step> {
+        let mut steps = Vec::new();
         for (index, output) in self.replies.iter().enumerate() {
-            let index = index as u32;
             match output {
                 sim::Output::Text(reply) => {
-                    events.push(self.chunk(index, Delta::role(), None));
-                    for piece in &reply.pieces {
-                        events.push(self.chunk(index, Delta::content(piece), None));
-                    }
-                    events.push(self.chunk(
-                        index,
-                        Delta::empty(),
-                        Some(reply.finish_reason.as_str()),
-                    ));
+                    steps.push(Step::Role(index));
+                    steps.extend((0..reply.pieces.len()).map(|piece| Step::Text(index, piece)));
+                    steps.push(Step::Finish(index));
                 }
-                sim::Output::Call { name, .. } => {
-                    let id = output.call_id("call_");
-                    let mut first = Delta::empty();
-                    first.role = Some("assistant");
-                    first.content = Some(None);
-                    first.refusal = Some(None);
-                    first.tool_calls = Some(vec![ToolCallDelta {
-                        index: 0,
-                        id: Some(&id),
-                        kind: Some("function"),
-                        function: FunctionDelta {
-                            name: Some(name),
-                            arguments: "",
-                        },
-                    }]);
-                    events.push(self.chunk(index, first, None));
-                    for piece in output.pieces() {
-                        let mut delta = Delta::empty();
-                        delta.tool_calls = Some(vec![ToolCallDelta {
-                            index: 0,
-                            id: None,
-                            kind: None,
-                            function: FunctionDelta {
-                                name: None,
-                                arguments: &piece,
-                            },
-                        }]);
-                        events.push(self.chunk(index, delta, None));
-                    }
-                    events.push(self.chunk(index, Delta::empty(), Some("tool_calls")));
+                sim::Output::Call { .. } => {
+                    steps.push(Step::CallStart(index));
+                    steps.extend(
+                        (0..output.pieces().len()).map(|piece| Step::CallPiece(index, piece)),
+                    );
+                    steps.push(Step::CallEnd(index));
                 }
             }
         }
         if self.include_usage {
-            let chunk = Chunk {
+            steps.push(Step::Usage);
+        }
+        steps.push(Step::Done);
+        steps
+    }
+
+    fn render(&self, step: Step) -> Bytes {
+        let reply = |index: usize| &self.replies[index];
+        match step {
+            Step::Role(index) => self.chunk(index as u32, Delta::role(), None),
+            Step::Text(index, piece) => match reply(index) {
+                sim::Output::Text(text) => {
+                    self.chunk(index as u32, Delta::content(&text.pieces[piece]), None)
+                }
+                sim::Output::Call { .. } => Bytes::new(),
+            },
+            Step::Finish(index) => match reply(index) {
+                sim::Output::Text(text) => self.chunk(
+                    index as u32,
+                    Delta::empty(),
+                    Some(text.finish_reason.as_str()),
+                ),
+                sim::Output::Call { .. } => Bytes::new(),
+            },
+            Step::CallStart(index) => {
+                let output = reply(index);
+                let sim::Output::Call { name, .. } = output else {
+                    return Bytes::new();
+                };
+                let id = output.call_id("call_");
+                let mut first = Delta::empty();
+                first.role = Some("assistant");
+                first.content = Some(None);
+                first.refusal = Some(None);
+                first.tool_calls = Some(vec![ToolCallDelta {
+                    index: 0,
+                    id: Some(&id),
+                    kind: Some("function"),
+                    function: FunctionDelta {
+                        name: Some(name),
+                        arguments: "",
+                    },
+                }]);
+                self.chunk(index as u32, first, None)
+            }
+            Step::CallPiece(index, piece) => {
+                let pieces = reply(index).pieces();
+                let mut delta = Delta::empty();
+                delta.tool_calls = Some(vec![ToolCallDelta {
+                    index: 0,
+                    id: None,
+                    kind: None,
+                    function: FunctionDelta {
+                        name: None,
+                        arguments: pieces.get(piece).map_or("", String::as_str),
+                    },
+                }]);
+                self.chunk(index as u32, delta, None)
+            }
+            Step::CallEnd(index) => self.chunk(index as u32, Delta::empty(), Some("tool_calls")),
+            Step::Usage => sse_frame(&Chunk {
                 id: &self.id,
                 object: "chat.completion.chunk",
                 created: self.created,
@@ -455,11 +498,9 @@ impl ChatAnswer {
                 system_fingerprint: FINGERPRINT,
                 choices: Vec::new(),
                 usage: Some(Some(self.usage())),
-            };
-            events.push(sse_frame(&chunk));
+            }),
+            Step::Done => Bytes::from_static(b"data: [DONE]\n\n"),
         }
-        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        events
     }
 
     fn chunk(&self, index: u32, delta: Delta<'_>, finish_reason: Option<&'static str>) -> Bytes {
@@ -484,6 +525,19 @@ impl ChatAnswer {
 }
 
 const FINGERPRINT: &str = "fp_a7a1a7a1a7";
+
+/// One event of a streamed answer, by position: what `render` turns into a frame.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Role(usize),
+    Text(usize, usize),
+    Finish(usize),
+    CallStart(usize),
+    CallPiece(usize, usize),
+    CallEnd(usize),
+    Usage,
+    Done,
+}
 
 fn sse_frame<T: Serialize>(value: &T) -> Bytes {
     let mut frame = Vec::with_capacity(256);

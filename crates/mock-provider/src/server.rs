@@ -1298,10 +1298,14 @@ async fn bedrock_call(
 // Streams and the simulator's own endpoints
 
 /// Sends `events` one by one, `gap` apart (the first at once).
-pub fn paced(
-    events: Vec<Bytes>,
+pub fn paced<I>(
+    events: I,
     gap: Duration,
-) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
+) -> impl futures_util::Stream<Item = Bytes> + Send + 'static
+where
+    I: IntoIterator<Item = Bytes>,
+    I::IntoIter: Send + 'static,
+{
     futures_util::stream::unfold(
         (events.into_iter(), true),
         move |(mut events, first)| async move {

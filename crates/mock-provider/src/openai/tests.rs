@@ -95,3 +95,18 @@ fn embeddings_accept_every_input_shape_and_base64() {
     );
     assert!(parse_embeddings(br#"{"model":"e","input":""}"#).is_err());
 }
+
+#[test]
+fn events_rendered_as_taken_match_the_whole_list() {
+    for body in [
+        r#"{"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Tell me about lighthouses."}]}"#,
+        r#"{"model": "gpt-4o-mini", "stream": true, "n": 2, "messages": [{"role": "user", "content": "hi"}]}"#,
+        r#"{"model": "gpt-4o-mini", "stream": true, "tool_choice": "required", "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}], "messages": [{"role": "user", "content": "Weather in Lisbon?"}]}"#,
+    ] {
+        let answer = ChatAnswer::generate(&chat(body).unwrap());
+        let whole = answer.events();
+        let lazy: Vec<Bytes> = answer.into_events().collect();
+        assert_eq!(whole, lazy, "{body}");
+        assert!(whole.iter().all(|event| event.starts_with(b"data: ")));
+    }
+}
