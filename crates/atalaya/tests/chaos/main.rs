@@ -15,6 +15,7 @@
 mod harness;
 
 mod client;
+mod clock;
 mod provider;
 mod storage;
 
