@@ -967,6 +967,7 @@ fn not_ready(reason: &str) -> Response {
 
 async fn render_metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     atalaya_telemetry::process::record();
+    metrics::gauge!(names::LOG_ROWS_PENDING).set(gateway.log_writer.pending() as f64);
     if let Some(reporter) = &gateway.reporter {
         metrics::gauge!(names::ERROR_REPORTS_PENDING).set(reporter.pending() as f64);
     }

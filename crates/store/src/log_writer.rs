@@ -95,6 +95,12 @@ impl Drop for LogWriter {
 }
 
 impl LogWriter {
+    /// Rows not yet written: queued by handlers and held by the writer (a write in flight
+    /// included), read at each metrics scrape so a stuck write does not freeze the gauge.
+    pub fn pending(&self) -> usize {
+        waiting(&self.shared, self.shared.held.load(Ordering::Relaxed))
+    }
+
     /// Queues a row without waiting; a full queue drops it and counts the drop.
     pub fn submit(&self, row: RequestLogRow) {
         let Ok(mut queue) = self.shared.queue.lock() else {

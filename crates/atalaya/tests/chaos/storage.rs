@@ -36,7 +36,11 @@ async fn database_locked_briefly() {
         false,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The lock holds: past the flush interval the rows still wait in the writer.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(metric(&cluster.server, "atalaya_request_log_rows_pending").await >= n as f64);
+    assert_eq!(log_rows(&cluster.server).await.len(), 0);
+    tokio::time::sleep(Duration::from_millis(900)).await;
     unlock(blocker).await;
     let lost = lost_rows(&cluster.server, n).await;
     record(
