@@ -84,6 +84,7 @@ test("sign in: a wrong key is refused, a good one opens the overview", { skip: !
   await page.click("#login-form button");
   await page.waitForSelector("#kpi-requests");
   await page.waitForSelector("#live-status.on");
+  await page.waitForFunction(() => document.getElementById("health").textContent === "OPTIMAL 100");
   assert.equal(await page.textContent("#kpi-live"), "0");
 });
 

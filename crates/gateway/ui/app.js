@@ -165,6 +165,25 @@ async function connectLive() {
   setTimeout(() => key && live.controller === controller && connectLive(), 2000);
 }
 
+// The header's health badge: the level and score, from the API at sign-in and every 15 s,
+// and from `health` events as levels change.
+function paintHealth(level, score) {
+  const badge = document.getElementById("health");
+  badge.textContent = `${level} ${Math.round(score)}`;
+  badge.className = `health ${level.toLowerCase()}`;
+}
+
+async function refreshHealth() {
+  const health = await api("/api/v1/health");
+  paintHealth(health.level, health.score);
+  return health;
+}
+
+let healthTimer;
+onLive((event) => {
+  if (event.type === "health") paintHealth(event.data.to, event.data.score);
+});
+
 function liveRps() {
   const now = Date.now();
   live.recent = live.recent.filter((t) => now - t < 10_000);
@@ -457,6 +476,7 @@ async function render() {
 function signOut(message) {
   sessionStorage.removeItem(KEY);
   key = null;
+  clearInterval(healthTimer);
   live.controller?.abort();
   document.getElementById("app").hidden = true;
   document.getElementById("login").hidden = false;
@@ -465,7 +485,10 @@ function signOut(message) {
 
 async function signIn(candidate) {
   key = candidate;
-  await api("/api/v1/analytics/summary?from=1h");
+  // The health report is never switched off, so sign-in works at any health level.
+  await refreshHealth();
+  clearInterval(healthTimer);
+  healthTimer = setInterval(() => key && refreshHealth().catch(() => {}), 15_000);
   sessionStorage.setItem(KEY, key);
   document.getElementById("login").hidden = true;
   document.getElementById("app").hidden = false;
