@@ -26,3 +26,17 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+# create_keys PORT ADMIN_KEY COUNT [TEAMS] [JSON-FIELDS]: creates COUNT virtual keys named
+# bench-1..COUNT, spread over TEAMS teams when TEAMS > 0, each with the extra JSON-FIELDS
+# (e.g. ', "rpm_limit": 60'), and prints them comma-separated.
+create_keys() {
+  local port=$1 admin=$2 count=$3 teams=${4:-0} fields=${5:-} keys=() i team
+  for i in $(seq "$count"); do
+    team=""; [ "$teams" -gt 0 ] && team=", \"team\": \"team-$((i % teams))\""
+    keys+=("$(curl -sf -X POST -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
+      -d "{\"name\": \"bench-$i\"$team$fields}" "http://127.0.0.1:$port/api/v1/keys" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')")
+  done
+  (IFS=,; echo "${keys[*]}")
+}

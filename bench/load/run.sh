@@ -63,16 +63,6 @@ start_gateway() { # config-text
 }
 stop_gateway() { kill "$gw_pid" 2>/dev/null || true; wait "$gw_pid" 2>/dev/null || true; }
 
-create_keys() { # count [json-extra] -> comma-separated keys
-  local count=$1 extra=${2:-} keys=() i
-  for i in $(seq "$count"); do
-    keys+=("$(curl -sf -X POST -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
-      -d "{\"name\": \"load-$i\"$extra}" "http://127.0.0.1:$gw_port/api/v1/keys" |
-      python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')")
-  done
-  (IFS=,; echo "${keys[*]}")
-}
-
 results=$work/results.txt
 : > "$results"
 scenario() { # name path body connections threads [keys] [note]
@@ -98,8 +88,8 @@ if want sse-9k; then start_gateway "$(provider p0 "$slow_port")"; scenario sse-9
 if want sse-10k-h2; then start_gateway "$(provider p0 "$slow_port")$(printf '\nhttp2_prior_knowledge = true\n')"; scenario sse-10k-h2 /v1/chat/completions "$bodies/chat-stream.json" 10000 2 "" "streams_at_20_tokens/s_through_mock-provider,_upstream_over_h2c"; stop_gateway; fi
 if want sse-10k-sim; then start_gateway "$(printf '[sim]\nenabled = true\ntokens_per_second = 20\n')"; scenario sse-10k-sim /v1/chat/completions "$work/sim-stream.json" 10000 2 "" "streams_at_20_tokens/s_from_the_built-in_simulator"; stop_gateway; fi
 if want large-prompt; then start_gateway "$openai"; scenario large-prompt /v1/chat/completions "$work/large.json" 8 2 "" "1_MB_prompt"; stop_gateway; fi
-if want many-keys; then start_gateway "$openai"; keys=$(create_keys 200); scenario many-keys /v1/chat/completions "$bodies/chat.json" 32 2 "$keys" "200_virtual_keys_in_turn"; stop_gateway; fi
-if want rate-limited; then start_gateway "$openai"; keys=$(create_keys 10 ', "rpm_limit": 60'); scenario rate-limited /v1/chat/completions "$bodies/chat.json" 32 2 "$keys" "10_keys_at_60_rpm:_429s_expected"; stop_gateway; fi
+if want many-keys; then start_gateway "$openai"; keys=$(create_keys "$gw_port" "$admin" 200); scenario many-keys /v1/chat/completions "$bodies/chat.json" 32 2 "$keys" "200_virtual_keys_in_turn"; stop_gateway; fi
+if want rate-limited; then start_gateway "$openai"; keys=$(create_keys "$gw_port" "$admin" 10 0 ', "rpm_limit": 60'); scenario rate-limited /v1/chat/completions "$bodies/chat.json" 32 2 "$keys" "10_keys_at_60_rpm:_429s_expected"; stop_gateway; fi
 if want failover; then
   start_gateway "$(provider p0 "$bad_port")$(provider p1 "$fast_port")$(printf '\n[[models]]\nname = "m"\nstrategy = "priority"\n[[models.deployments]]\nprovider = "p0"\nmodel = "gpt-4o-mini"\n[[models.deployments]]\nprovider = "p1"\nmodel = "gpt-4o-mini"\n[routing]\nretry_budget_ratio = 1.0\n')"
   scenario failover /v1/chat/completions "$work/failover.json" 32 2 "" "p0_answers_500,_p1_serves"; stop_gateway

@@ -42,17 +42,8 @@ start_gateway() { # name enabled -> sets port and pid
   pid=$!; pids+=($pid)
   wait_port "$port"
 }
-create_keys() { # port -> comma-separated keys
-  local port=$1 keys=() i
-  for i in $(seq "$key_count"); do
-    keys+=("$(curl -sf -X POST -H "Authorization: Bearer $gateway_key" -H 'content-type: application/json' \
-      -d "{\"name\": \"bench-$i\", \"team\": \"team-$((i % 4))\"}" "http://127.0.0.1:$port/api/v1/keys" |
-      python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')")
-  done
-  (IFS=,; echo "${keys[*]}")
-}
-start_gateway on true; on_port=$port; on_keys=$(create_keys "$on_port")
-start_gateway off false; off_port=$port; off_keys=$(create_keys "$off_port")
+start_gateway on true; on_port=$port; on_keys=$(create_keys "$on_port" "$gateway_key" "$key_count" 4)
+start_gateway off false; off_port=$port; off_keys=$(create_keys "$off_port" "$gateway_key" "$key_count" 4)
 sleep 0.5
 
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v name="$2" '$1 == name {print $2}'; }

@@ -607,6 +607,15 @@ pub enum RoutingError {
     NoDeployments(String),
 }
 
+/// Each health's breaker once, however many routes share it.
+fn unique_breakers<'a>(healths: impl Iterator<Item = &'a Arc<Health>>) -> Vec<Arc<CircuitBreaker>> {
+    let mut seen = std::collections::HashSet::new();
+    healths
+        .filter(|health| seen.insert(Arc::as_ptr(health)))
+        .map(|health| health.breaker.clone())
+        .collect()
+}
+
 /// Every model, deployment and key ring; shared by the HTTP workers.
 pub struct Routing {
     plans: HashMap<String, Arc<Plan>>,
@@ -623,32 +632,23 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// Every deployment's circuit breaker, once each.
+    /// Every deployment's circuit breaker, once each, prefix routes' included.
     pub fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {
-        let mut seen = std::collections::HashSet::new();
-        let deployments = self
-            .plans
-            .values()
-            .flat_map(|plan| plan.deployments.iter().map(|d| &d.health));
         let wildcards = self.wildcards.values().map(|(_, health)| health);
-        deployments
-            .chain(wildcards)
-            .filter(|health| seen.insert(Arc::as_ptr(health)))
-            .map(|health| health.breaker.clone())
-            .collect()
+        unique_breakers(self.deployment_healths().chain(wildcards))
     }
 
     /// The breakers of configured deployments, once each: what the health score counts.
     /// Prefix routes (`provider/*`) are left out: they serve whatever model a client names,
     /// so their breaker says little about the provider as a whole.
     pub fn deployment_breakers(&self) -> Vec<Arc<CircuitBreaker>> {
-        let mut seen = std::collections::HashSet::new();
+        unique_breakers(self.deployment_healths())
+    }
+
+    fn deployment_healths(&self) -> impl Iterator<Item = &Arc<Health>> {
         self.plans
             .values()
             .flat_map(|plan| plan.deployments.iter().map(|d| &d.health))
-            .filter(|health| seen.insert(Arc::as_ptr(health)))
-            .map(|health| health.breaker.clone())
-            .collect()
     }
 
     pub fn new(config: &GatewayConfig) -> Result<Arc<Routing>, RoutingError> {

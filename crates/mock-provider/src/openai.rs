@@ -436,26 +436,27 @@ impl ChatAnswer {
     }
 
     fn render(&self, step: Step) -> Bytes {
-        let reply = |index: usize| &self.replies[index];
+        // Steps come from `steps()` over the same replies, so every index is there.
+        let text = |index: usize| match self.replies.get(index) {
+            Some(sim::Output::Text(text)) => Some(text),
+            _ => None,
+        };
         match step {
             Step::Role(index) => self.chunk(index as u32, Delta::role(), None),
-            Step::Text(index, piece) => match reply(index) {
-                sim::Output::Text(text) => {
-                    self.chunk(index as u32, Delta::content(&text.pieces[piece]), None)
-                }
-                sim::Output::Call { .. } => Bytes::new(),
+            Step::Text(index, piece) => match text(index).and_then(|t| t.pieces.get(piece)) {
+                Some(piece) => self.chunk(index as u32, Delta::content(piece), None),
+                None => Bytes::new(),
             },
-            Step::Finish(index) => match reply(index) {
-                sim::Output::Text(text) => self.chunk(
+            Step::Finish(index) => match text(index) {
+                Some(text) => self.chunk(
                     index as u32,
                     Delta::empty(),
                     Some(text.finish_reason.as_str()),
                 ),
-                sim::Output::Call { .. } => Bytes::new(),
+                None => Bytes::new(),
             },
             Step::CallStart(index) => {
-                let output = reply(index);
-                let sim::Output::Call { name, .. } = output else {
+                let Some(output @ sim::Output::Call { name, .. }) = self.replies.get(index) else {
                     return Bytes::new();
                 };
                 let id = output.call_id("call_");
@@ -475,7 +476,11 @@ impl ChatAnswer {
                 self.chunk(index as u32, first, None)
             }
             Step::CallPiece(index, piece) => {
-                let pieces = reply(index).pieces();
+                let pieces = self
+                    .replies
+                    .get(index)
+                    .map(|o| o.pieces())
+                    .unwrap_or_default();
                 let mut delta = Delta::empty();
                 delta.tool_calls = Some(vec![ToolCallDelta {
                     index: 0,

@@ -448,17 +448,14 @@ async fn breaker_recovers_the_primary() {
         (mock_requests(&cluster.mocks[0]).await > before + 1).then_some(())
     })
     .await;
-    let sent = log_rows(&cluster.server).await.len();
-    let lost = lost_rows(&cluster.server, sent).await;
-    record(
+    all_served_and_logged(
+        &cluster.server,
         "breaker recovery",
         "p0 fails until its breaker opens, then heals",
         &first,
-        lost,
         "half-open probe closes the breaker; traffic returns to p0",
-    );
-    assert_eq!(first.ok, n, "{:?}", first.failure);
-    assert_eq!(lost, 0);
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -8,25 +8,10 @@ use sqlx::Connection as _;
 use crate::harness::*;
 use crate::*;
 
-async fn lock(server: &Server) -> sqlx::SqliteConnection {
-    let url = format!("sqlite://{}", server.database().display());
-    let mut blocker = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
-    blocker
-}
-
-async fn unlock(mut blocker: sqlx::SqliteConnection) {
-    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
-    blocker.close().await.unwrap();
-}
-
 #[tokio::test]
 async fn database_locked_briefly() {
     let cluster = cluster("");
-    let blocker = lock(&cluster.server).await;
+    let blocker = lock_database(&cluster.server).await;
     let n = scale();
     let tally = fire(
         &cluster.server,
@@ -41,17 +26,15 @@ async fn database_locked_briefly() {
     assert!(metric(&cluster.server, "atalaya_request_log_rows_pending").await >= n as f64);
     assert_eq!(log_rows(&cluster.server).await.len(), 0);
     tokio::time::sleep(Duration::from_millis(900)).await;
-    unlock(blocker).await;
-    let lost = lost_rows(&cluster.server, n).await;
-    record(
+    unlock_database(blocker).await;
+    all_served_and_logged(
+        &cluster.server,
         "database locked",
         "another process holds the write lock for 1.5 s",
         &tally,
-        lost,
         "requests did not wait; rows written after",
-    );
-    assert_eq!(tally.ok, n, "{:?}", tally.failure);
-    assert_eq!(lost, 0);
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -77,23 +60,21 @@ async fn database_slow() {
     });
     let tally = fire(server, "/v1/chat/completions", &ask(false), n, false).await;
     pulses.await.unwrap();
-    let lost = lost_rows(server, n).await;
-    record(
+    all_served_and_logged(
+        server,
         "database slow",
         "the write lock held 200 ms of every 220 ms for 1.8 s",
         &tally,
-        lost,
         "requests did not wait; rows written between pulses",
-    );
-    assert_eq!(tally.ok, n, "{:?}", tally.failure);
-    assert_eq!(lost, 0);
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn database_down_past_the_busy_timeout() {
     let cluster = cluster("[health]\ninterval_ms = 200\ndatabase_slow_ms = 250\n");
     let server = &cluster.server;
-    let blocker = lock(server).await;
+    let blocker = lock_database(server).await;
     let n = scale();
     let tally = fire(server, "/v1/chat/completions", &ask(false), n, false).await;
     // Past the writer's 5 s busy timeout: writes fail, are counted, and rows stay buffered.
@@ -103,7 +84,7 @@ async fn database_down_past_the_busy_timeout() {
     .await;
     let (ready, _) = get(&format!("{}/health/ready", server.url()), "").await;
     let (_, health) = get(&format!("{}/api/v1/health", server.url()), ADMIN_KEY).await;
-    unlock(blocker).await;
+    unlock_database(blocker).await;
     let lost = lost_rows(server, n).await;
     let dropped = metric(server, "atalaya_request_log_rows_dropped_total").await;
     record(
@@ -129,7 +110,7 @@ async fn shutdown_with_buffered_rows() {
         mocks: _mocks,
         server,
     } = cluster("");
-    let blocker = lock(&server).await;
+    let blocker = lock_database(&server).await;
     let n = scale();
     let tally = fire(&server, "/v1/chat/completions", &ask(false), n, false).await;
     let database = server.database();
@@ -141,7 +122,7 @@ async fn shutdown_with_buffered_rows() {
         (status, server)
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    unlock(blocker).await;
+    unlock_database(blocker).await;
     let (status, _server) = stopping.await.unwrap();
     let url = format!("sqlite://{}", database.display());
     let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
@@ -175,7 +156,7 @@ fn spill_files(server: &Server) -> usize {
 #[tokio::test]
 async fn restart_with_buffered_rows() {
     let Cluster { mocks, server } = cluster("[request_log]\ndrain_timeout_ms = 300\n");
-    let blocker = lock(&server).await;
+    let blocker = lock_database(&server).await;
     let n = scale();
     let tally = fire(&server, "/v1/chat/completions", &ask(false), n, false).await;
     // SIGTERM while the database stays locked: past the drain time the rows go to the spill.
@@ -188,7 +169,7 @@ async fn restart_with_buffered_rows() {
     .unwrap();
     let spilled = spill_files(&server);
     assert!(spilled >= 1, "{}", server.process.output());
-    unlock(blocker).await;
+    unlock_database(blocker).await;
     // The next start writes them before anything else.
     let refs: Vec<&Process> = mocks.iter().collect();
     let data_dir = std::mem::replace(&mut server.data_dir, tempfile::tempdir().unwrap());
@@ -221,7 +202,7 @@ async fn outage_longer_than_the_buffer() {
         mocks: _mocks,
         server,
     } = cluster("[request_log]\nbuffer_rows = 256\nbatch_size = 16\nflush_interval_ms = 50\n");
-    let blocker = lock(&server).await;
+    let blocker = lock_database(&server).await;
     let n = scale().max(50) * 8;
     let tally = fire(&server, "/v1/chat/completions", &ask(false), n, false).await;
     let spilled = eventually(Duration::from_secs(20), || async {
@@ -229,7 +210,7 @@ async fn outage_longer_than_the_buffer() {
         (spilled > 0.0).then_some(spilled)
     })
     .await;
-    unlock(blocker).await;
+    unlock_database(blocker).await;
     let lost = lost_rows(&server, n).await;
     let dropped = metric(&server, "atalaya_request_log_rows_dropped_total").await;
     record(
@@ -254,14 +235,14 @@ async fn spill_disk_full() {
     } = cluster(
         "[request_log]\nbuffer_rows = 8\nbatch_size = 4\nflush_interval_ms = 50\nspill_max_mb = 0.001\n",
     );
-    let blocker = lock(&server).await;
+    let blocker = lock_database(&server).await;
     let n = scale() * 4;
     let tally = fire(&server, "/v1/chat/completions", &ask(false), n, false).await;
     eventually(Duration::from_secs(20), || async {
         (metric(&server, "atalaya_request_log_rows_dropped_total").await > 0.0).then_some(())
     })
     .await;
-    unlock(blocker).await;
+    unlock_database(blocker).await;
     let dropped = metric(&server, "atalaya_request_log_rows_dropped_total").await as usize;
     let written = eventually(Duration::from_secs(20), || async {
         let rows = log_rows(&server).await.len();

@@ -294,6 +294,25 @@ pub async fn log_rows(server: &Server) -> Vec<Value> {
     body["data"].as_array().cloned().unwrap_or_default()
 }
 
+/// Takes the server database's write lock from another connection, as another process
+/// would; the writer waits (up to its busy timeout, then fails) until `unlock_database`.
+pub async fn lock_database(server: &Server) -> sqlx::SqliteConnection {
+    use sqlx::Connection as _;
+    let url = format!("sqlite://{}", server.database().display());
+    let mut blocker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    blocker
+}
+
+pub async fn unlock_database(mut blocker: sqlx::SqliteConnection) {
+    use sqlx::Connection as _;
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+}
+
 pub fn chat_body(model: &str, stream: bool) -> String {
     serde_json::json!({
         "model": model,

@@ -82,12 +82,7 @@ async fn a_locked_database_slows_nothing_and_loses_nothing() {
     .await;
 
     // Another process takes the write lock and holds it past the writer's busy timeout (5 s).
-    let url = format!("sqlite://{}", server.database().display());
-    let mut blocker = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = lock_database(&server).await;
     let started = std::time::Instant::now();
     send_chats(&server, 20).await;
     assert!(
@@ -104,8 +99,7 @@ async fn a_locked_database_slows_nothing_and_loses_nothing() {
     let (status, body) = get(&format!("{}/health/ready", server.url()), "").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unavailable");
-    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
-    blocker.close().await.unwrap();
+    unlock_database(blocker).await;
     let (status, _) = get(&format!("{}/health/ready", server.url()), "").await;
     assert_eq!(status, 200);
 
@@ -156,20 +150,14 @@ async fn a_full_buffer_drops_rows_counts_them_and_keeps_the_rest() {
         config: "[request_log]\nbuffer_rows = 5\nbatch_size = 1\nflush_interval_ms = 50\nspill_dir = \"\"\n",
         ..ServeOptions::default()
     });
-    let url = format!("sqlite://{}", server.database().display());
-    let mut blocker = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = lock_database(&server).await;
     send_chats(&server, 30).await;
     let dropped = eventually(Duration::from_secs(15), || async {
         let dropped = metric(&server, "atalaya_request_log_rows_dropped_total").await;
         (dropped >= 20.0).then_some(dropped)
     })
     .await;
-    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
-    blocker.close().await.unwrap();
+    unlock_database(blocker).await;
     let kept = 30 - dropped as usize;
     eventually(Duration::from_secs(15), || async {
         (log_rows(&server).await.len() == kept).then_some(())
