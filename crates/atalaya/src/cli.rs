@@ -32,6 +32,15 @@ pub enum Command {
     /// Run one prompt on several models of a running server and print them side by side
     /// (latency, time to first token, tokens, cost, and a judge's score if asked).
     Compare(CompareArgs),
+    /// Make a running server read its configuration again (as SIGHUP does) and print what
+    /// changed; an invalid file is refused and the running configuration kept.
+    Reload(ReloadArgs),
+}
+
+#[derive(Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 #[derive(Args)]

@@ -9,6 +9,7 @@ mod config;
 mod keys;
 mod mock;
 mod providers;
+mod reload;
 mod reports;
 mod serve;
 mod tls;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
             cli::Command::Compare(args) => compare::run(args).await,
             cli::Command::Secrets(args) => vault::run(args).await,
             cli::Command::Audit(args) => audit::run(args).await,
+            cli::Command::Reload(args) => reload::run(args).await,
         }
     });
     match result {

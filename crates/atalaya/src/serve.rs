@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use atalaya_gateway::alerts::{Alerts, Signal};
 use atalaya_gateway::health::HealthMonitor;
+use atalaya_gateway::reload::Reloads;
 use atalaya_gateway::{
     Actor, Auditor, Budgets, Events, Gateway, KeyCache, Limits, LocalRates, Routing, Shared,
 };
@@ -28,6 +29,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
     };
+    // Signals are caught from here on: a SIGHUP during start-up waits for the serve loop.
+    let mut signals = Signals::new()?;
     let mut settings = config::load(&flags, &env)?;
     let (reporter, reports) = atalaya_telemetry::capture::channel();
     settings.logs.capture = Some(reporter.clone());
@@ -56,17 +59,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let vault = crate::vault::open_all(&store, &master_key, &settings.data_dir).await?;
     crate::vault::resolve_references(&mut settings.gateway, &vault)?;
     // From here on every log line, stored error and error message hides these.
-    let mut own: Vec<&SecretString> = vec![&admin_key, &hash_key];
-    own.extend(vault.iter().map(|(_, secret)| secret));
-    let otlp_headers: Vec<SecretString> = settings
-        .logs
-        .otlp
-        .iter()
-        .flat_map(|otlp| otlp.headers.iter())
-        .map(|(_, value)| SecretString::from(value.clone()))
-        .collect();
-    own.extend(otlp_headers.iter());
-    register_secrets(&settings.gateway, &own)?;
+    let mut own_secrets: Vec<SecretString> = vec![admin_key.clone(), hash_key.clone()];
+    own_secrets.extend(vault.iter().map(|(_, secret)| secret.clone()));
+    own_secrets.extend(
+        settings
+            .logs
+            .otlp
+            .iter()
+            .flat_map(|otlp| otlp.headers.iter())
+            .map(|(_, value)| SecretString::from(value.clone())),
+    );
+    register_secrets(&settings.gateway, &own_secrets.iter().collect::<Vec<_>>())?;
     let auditor = Arc::new(Auditor::new(
         store.clone(),
         atalaya_security::audit::ChainKey::new(&hash_key),
@@ -162,15 +165,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         &tracker,
         shutdown.clone(),
     );
-    let limits = Arc::new(Limits::new(
-        Arc::new(LocalRates::default()),
-        &settings.gateway.teams,
-    ));
+    let rates = Arc::new(LocalRates::default());
+    let limits = Arc::new(Limits::new(rates.clone(), &settings.gateway.teams));
     let tls = match &settings.tls {
         Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let (reloads, mut reload_requests) = Reloads::channel();
     let shared = Shared {
         routing,
         store: store.clone(),
@@ -184,8 +186,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         reporter: Some(reporter),
         alerts: Some(alerts.clone()),
         health: health.clone(),
+        reloads: Some(reloads.clone()),
     };
     let mut workers = Vec::new();
+    let mut routers = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         let gateway = Gateway::new(&settings.gateway, &shared).context("configuring providers")?;
         if index == 0 {
@@ -193,25 +197,62 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 tracing::info!(provider = %provider.name, source = %provider.source, "Provider enabled.");
             }
         }
+        let (router, serving) = tokio::sync::watch::channel(atalaya_gateway::router(gateway));
+        routers.push(router);
         workers.push(spawn_worker(
             index,
             listener,
-            gateway,
+            serving,
             tls.clone(),
             shutdown.clone(),
         )?);
     }
-    // Only the workers hold the log writer now: when they stop, it drains and ends.
-    drop(shared);
     drop(log_writer);
     tracing::info!(%address, workers = workers.len(), data_dir = %settings.data_dir.display(), "Listening on {scheme}://{address}.");
+    metrics::gauge!(atalaya_telemetry::names::CONFIG_GENERATION).set(1.0);
+    let mut reloader = crate::reload::Reloader {
+        flags,
+        env,
+        vault,
+        own_secrets,
+        settings,
+        shared,
+        rates,
+        routers,
+        reloads,
+        generation: 1,
+    };
 
-    tokio::select! {
-        () = shutdown_signal() => tracing::info!("Shutting down: draining connections."),
-        () = shutdown.cancelled() => tracing::error!("A worker stopped; shutting down."),
+    loop {
+        tokio::select! {
+            _ = signals.terminate.recv() => {
+                tracing::info!("SIGTERM: shutting down, draining connections.");
+                break;
+            }
+            _ = signals.interrupt.recv() => {
+                tracing::info!("SIGINT: shutting down, draining connections.");
+                break;
+            }
+            () = shutdown.cancelled() => {
+                tracing::error!("A worker stopped; shutting down.");
+                break;
+            }
+            _ = signals.hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration.");
+                let actor = Actor { name: "signal".into(), source_ip: String::new() };
+                reloader.reload(actor).await;
+            }
+            Some(request) = reload_requests.recv() => {
+                let outcome = reloader.reload(request.actor).await;
+                let _ = request.reply.send(outcome);
+            }
+        }
     }
     shutdown.cancel();
-    let grace = settings.shutdown_grace;
+    let grace = reloader.settings.shutdown_grace;
+    // Only the workers hold the log writer now: when they stop, it drains and ends.
+    drop(reloader);
+    drop(reload_requests);
     let drained = tokio::time::timeout(grace, async {
         for worker in workers.iter_mut() {
             let _ = (&mut worker.done).await;
@@ -260,7 +301,7 @@ struct Worker {
 fn spawn_worker(
     index: usize,
     listener: std::net::TcpListener,
-    gateway: Arc<Gateway>,
+    serving: tokio::sync::watch::Receiver<axum::Router>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Worker> {
@@ -272,7 +313,7 @@ fn spawn_worker(
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(serve_worker(listener, gateway, tls, shutdown.clone())));
+                .and_then(|runtime| runtime.block_on(serve_worker(listener, serving, tls, shutdown.clone())));
             if let Err(error) = result {
                 tracing::error!(worker = index, error = %format!("{error:#}"), "HTTP worker failed.");
                 shutdown.cancel();
@@ -285,13 +326,14 @@ fn spawn_worker(
 
 async fn serve_worker(
     listener: std::net::TcpListener,
-    gateway: Arc<Gateway>,
+    serving: tokio::sync::watch::Receiver<axum::Router>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    // Each request goes to the router serving at the moment it arrives (a reload swaps it).
     // Connection addresses go with each request: the audit log records the source IP.
-    let router = atalaya_gateway::router(gateway);
+    let router = axum::Router::new().fallback_service(Serving(serving));
     match tls {
         Some(acceptor) => {
             let app = router
@@ -363,6 +405,48 @@ async fn metrics_upkeep(
     }
 }
 
+/// The router a worker serves new requests with; a reload replaces it, and requests already
+/// running finish on the one they started with.
+#[derive(Clone)]
+struct Serving(tokio::sync::watch::Receiver<axum::Router>);
+
+impl tower_service::Service<axum::extract::Request> for Serving {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let mut router = self.0.borrow().clone();
+        tower_service::Service::call(&mut router, request)
+    }
+}
+
+/// The signals `serve` acts on, caught from start-up on.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let catch = |kind: SignalKind| signal(kind).context("listening for signals");
+        Ok(Signals {
+            terminate: catch(SignalKind::terminate())?,
+            interrupt: catch(SignalKind::interrupt())?,
+            hangup: catch(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -382,7 +466,7 @@ pub async fn shutdown_signal() {
 
 /// Tells the masking engine every secret this process holds: the admin and hashing keys and
 /// every provider credential.
-fn register_secrets(
+pub(crate) fn register_secrets(
     gateway: &atalaya_gateway::GatewayConfig,
     own: &[&secrecy::SecretString],
 ) -> anyhow::Result<()> {

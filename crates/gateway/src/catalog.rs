@@ -87,7 +87,7 @@ pub enum CatalogError {
 }
 
 /// Models by (provider, model).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
     models: HashMap<(String, String), Arc<ModelInfo>>,
     /// Insertion order, for listing.

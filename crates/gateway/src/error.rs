@@ -122,7 +122,7 @@ impl ApiError {
         }
     }
 
-    fn render(self, body: Vec<u8>) -> Response {
+    pub(crate) fn render(self, body: Vec<u8>) -> Response {
         let mut response = (
             self.status,
             [(

@@ -232,7 +232,8 @@ const CHANGES_KEPT: usize = 20;
 
 pub struct HealthMonitor {
     settings: HealthSettings,
-    breakers: Vec<Arc<CircuitBreaker>>,
+    /// Replaced when a configuration reload changes the deployments.
+    breakers: Mutex<Vec<Arc<CircuitBreaker>>>,
     store: Store,
     features: Vec<Feature>,
     level: AtomicU8,
@@ -271,7 +272,7 @@ impl HealthMonitor {
             .collect();
         Arc::new(HealthMonitor {
             settings,
-            breakers,
+            breakers: Mutex::new(breakers),
             store,
             features,
             level: AtomicU8::new(Level::Optimal as u8),
@@ -335,6 +336,14 @@ impl HealthMonitor {
     }
 
     /// Probes and scores every `interval` until the task is aborted.
+    /// The deployments a reloaded configuration routes to; counted from the next check.
+    pub fn set_breakers(&self, breakers: Vec<Arc<CircuitBreaker>>) {
+        match self.breakers.lock() {
+            Ok(mut current) => *current = breakers,
+            Err(poisoned) => *poisoned.into_inner() = breakers,
+        }
+    }
+
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let monitor = self.clone();
         tokio::spawn(async move {
@@ -391,7 +400,11 @@ impl HealthMonitor {
     fn providers(&self) -> Vec<Dependency> {
         let now = Instant::now();
         let wall = now_ms();
-        self.breakers
+        let breakers = match self.breakers.lock() {
+            Ok(breakers) => breakers.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        breakers
             .iter()
             .map(|breaker| {
                 let state = breaker.state();

@@ -31,6 +31,7 @@ mod openai;
 pub mod presets;
 mod providers;
 mod relay;
+pub mod reload;
 mod routing;
 mod trace;
 mod ui;
@@ -89,6 +90,8 @@ pub struct Gateway {
     alerts: Option<Arc<alerts::Alerts>>,
     /// Shared by every worker: health score, level and feature switches.
     health: Arc<health::HealthMonitor>,
+    /// Where `POST /api/v1/config/reload` asks for a reload; `None` where nothing can reload.
+    reloads: Option<reload::Reloads>,
     /// This worker's HTTP clients.
     providers: Providers,
     metrics: PrometheusHandle,
@@ -143,6 +146,8 @@ pub struct Shared {
     pub alerts: Option<Arc<alerts::Alerts>>,
     /// The platform's health score, level and feature switches.
     pub health: Arc<health::HealthMonitor>,
+    /// The configuration owner's reload channel (`None`: the API says reload is unavailable).
+    pub reloads: Option<reload::Reloads>,
 }
 
 impl Gateway {
@@ -162,6 +167,7 @@ impl Gateway {
             reporter: shared.reporter,
             alerts: shared.alerts,
             health: shared.health,
+            reloads: shared.reloads,
             metrics: shared.metrics,
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
@@ -638,7 +644,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             .route("/api/v1/errors/stats", get(errors::stats))
             .route("/api/v1/errors/{fingerprint}", get(errors::show))
             .route("/api/v1/server-logs", get(errors::server_logs))
-            .route("/api/v1/alerts", get(admin::list_alerts)),
+            .route("/api/v1/alerts", get(admin::list_alerts))
+            .route("/api/v1/config/reload", get(reload::last)),
         auth::Permission::Read,
     );
     let audit = guarded(
@@ -651,7 +658,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
                 "/api/v1/errors/{fingerprint}/resolve",
                 post(errors::resolve),
             )
-            .route("/api/v1/errors/{fingerprint}/reopen", post(errors::reopen)),
+            .route("/api/v1/errors/{fingerprint}/reopen", post(errors::reopen))
+            .route("/api/v1/config/reload", post(reload::reload)),
         auth::Permission::Operate,
     );
     let call = guarded(

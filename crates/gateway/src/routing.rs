@@ -652,6 +652,40 @@ impl Routing {
     }
 
     pub fn new(config: &GatewayConfig) -> Result<Arc<Routing>, RoutingError> {
+        Routing::build(config, HashMap::new())
+    }
+
+    /// The routing for a reloaded configuration. Deployments of the providers `kept` says are
+    /// unchanged keep their breaker, latency and success figures (the same `provider/model`
+    /// is the same upstream); the others, and all of them when the breaker settings changed,
+    /// start afresh.
+    pub fn reload(
+        config: &GatewayConfig,
+        previous: &Routing,
+        kept: impl Fn(&str) -> bool,
+    ) -> Result<Arc<Routing>, RoutingError> {
+        let mut healths = HashMap::new();
+        if config.routing.breaker == previous.settings.breaker {
+            for plan in previous.plans.values() {
+                for deployment in plan.deployments.iter().filter(|d| kept(&d.provider)) {
+                    healths.insert(deployment.id.to_string(), deployment.health.clone());
+                }
+            }
+            for (provider, (label, health)) in &previous.wildcards {
+                if kept(provider) {
+                    healths.insert(label.to_string(), health.clone());
+                }
+            }
+        }
+        Routing::build(config, healths)
+    }
+
+    /// `healths`: deployment id (`provider/model`, `provider/*` for prefix routes) → the
+    /// health it carries over.
+    fn build(
+        config: &GatewayConfig,
+        mut healths: HashMap<String, Arc<Health>>,
+    ) -> Result<Arc<Routing>, RoutingError> {
         let settings = config.routing.clone();
         let mut routing = Routing {
             plans: HashMap::new(),
@@ -686,11 +720,12 @@ impl Routing {
                 provider.models.clone(),
             ));
         }
-        let mut healths: HashMap<String, Arc<Health>> = HashMap::new();
         for (name, preset, _) in &providers {
             routing.presets.insert(name.clone(), preset.clone());
             let label: Arc<str> = Arc::from(format!("{name}/*"));
-            let health = Health::new(&label, &routing.settings);
+            let health = healths
+                .remove(label.as_ref())
+                .unwrap_or_else(|| Health::new(&label, &routing.settings));
             routing.wildcards.insert(name.clone(), (label, health));
         }
         // Each provider's own models, under their own names; the first provider to list a

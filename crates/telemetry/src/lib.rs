@@ -90,6 +90,10 @@ pub mod names {
     pub const OTLP_SPANS_EXPORTED: &str = "atalaya_otlp_spans_exported_total";
     /// Spans not exported, by `reason` (queue_full, export_failed).
     pub const OTLP_SPANS_DROPPED: &str = "atalaya_otlp_spans_dropped_total";
+    /// Configuration reloads by `result` (success, error).
+    pub const CONFIG_RELOADS: &str = "atalaya_config_reloads_total";
+    /// Which configuration is serving: 1 at start, one more per successful reload.
+    pub const CONFIG_GENERATION: &str = "atalaya_config_generation";
 }
 
 /// An error and its sources on one line, each cause once (many errors already repeat their
@@ -260,6 +264,14 @@ fn describe() {
     describe_counter!(
         OTLP_SPANS_DROPPED,
         "Spans not exported, by reason (queue_full, export_failed)."
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads by result (success, error)."
+    );
+    describe_gauge!(
+        CONFIG_GENERATION,
+        "Which configuration is serving: 1 at start, one more per successful reload."
     );
     describe_counter!(
         KEYS_DISABLED,

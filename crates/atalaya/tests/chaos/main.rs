@@ -16,6 +16,7 @@ mod harness;
 
 mod client;
 mod clock;
+mod config;
 mod provider;
 mod storage;
 

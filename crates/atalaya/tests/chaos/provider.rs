@@ -176,7 +176,12 @@ async fn slow_chunks() {
 }
 
 /// `p0` at an address that fails before HTTP: connection refused, or TLS to a plain server.
-async fn unreachable(scenario: &str, injected: &str, base_url: impl Fn(&Process) -> String) {
+/// Returns the server, for a look at what it logged.
+async fn unreachable(
+    scenario: &str,
+    injected: &str,
+    base_url: impl Fn(&Process) -> String,
+) -> Server {
     let healthy = mock(MockOptions::default());
     let target = mock(MockOptions::default());
     let config = format!(
@@ -200,6 +205,7 @@ async fn unreachable(scenario: &str, injected: &str, base_url: impl Fn(&Process)
         "served by the healthy deployment",
     )
     .await;
+    server
 }
 
 #[tokio::test]
@@ -221,6 +227,23 @@ async fn tls_failure() {
         |target| format!("{}/v1", target.url().replace("http://", "https://")),
     )
     .await;
+}
+
+#[tokio::test]
+async fn name_resolution_failure() {
+    // A 70-byte label is more than DNS allows (63): the system resolver refuses the name
+    // before any query leaves the machine, so nothing is sent past 127.0.0.1.
+    let host = format!("{}.invalid", "a".repeat(70));
+    let server = unreachable("DNS failure", "p0's host name cannot be resolved", |_| {
+        format!("http://{host}/v1")
+    })
+    .await;
+    // The gateway tried p0 and said why it failed.
+    let output = server.process.output();
+    assert!(
+        output.contains("dns error") || output.contains("lookup address"),
+        "{output}"
+    );
 }
 
 #[tokio::test]

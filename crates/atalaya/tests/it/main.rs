@@ -21,6 +21,7 @@ mod messages;
 mod metrics;
 mod providers;
 mod rate_limits;
+mod reload;
 mod request_log;
 mod roles;
 mod routing;
