@@ -104,6 +104,18 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Adds another batch's counts to this one.
+    pub fn absorb(&mut self, other: Tally) {
+        self.sent += other.sent;
+        self.ok += other.ok;
+        for (status, count) in other.statuses {
+            *self.statuses.entry(status).or_default() += count;
+        }
+        if self.failure.is_none() {
+            self.failure = other.failure;
+        }
+    }
+
     pub fn seen(&self) -> String {
         let statuses: Vec<String> = self
             .statuses
@@ -172,11 +184,30 @@ pub async fn fire(server: &Server, path: &str, body: &str, count: usize, stream:
 pub async fn lost_rows(server: &Server, expected: usize) -> usize {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let rows = log_rows(server).await.len();
+        let rows = log_row_count(server).await;
         if rows >= expected || std::time::Instant::now() > deadline {
             return expected.saturating_sub(rows);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every row in the request log, counted page by page through the admin API.
+async fn log_row_count(server: &Server) -> usize {
+    let mut count = 0;
+    let mut before: Option<i64> = None;
+    loop {
+        let mut url = format!("{}/api/v1/logs?limit=1000", server.url());
+        if let Some(before) = before {
+            url.push_str(&format!("&before={before}"));
+        }
+        let (status, page) = get(&url, ADMIN_KEY).await;
+        assert_eq!(status, 200, "{page}");
+        count += page["data"].as_array().map_or(0, Vec::len);
+        match page["next_before"].as_i64() {
+            Some(next) => before = Some(next),
+            None => return count,
+        }
     }
 }
 

@@ -104,6 +104,53 @@ async fn database_down_past_the_busy_timeout() {
     assert_eq!(dropped, 0.0);
 }
 
+/// The figure: a database outage of 60 s (6 s in the quick form) under steady
+/// traffic loses no request and no row.
+#[tokio::test]
+async fn database_down_for_a_minute() {
+    let full = scale() >= 100;
+    let outage = Duration::from_secs(if full { 60 } else { 6 });
+    let cluster = cluster("[health]\ninterval_ms = 500\n");
+    let server = &cluster.server;
+    let blocker = lock_database(server).await;
+    let started = std::time::Instant::now();
+    let mut tally = Tally::default();
+    // A wave of requests every half second for as long as the database is down.
+    while started.elapsed() < outage {
+        let wave = fire(
+            server,
+            "/v1/chat/completions",
+            &ask(false),
+            scale() / 4,
+            false,
+        )
+        .await;
+        tally.absorb(wave);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (ready, _) = get(&format!("{}/health/ready", server.url()), "").await;
+    let errors = metric(server, "atalaya_request_log_write_errors_total").await;
+    unlock_database(blocker).await;
+    let lost = lost_rows(server, tally.sent).await;
+    let dropped = metric(server, "atalaya_request_log_rows_dropped_total").await;
+    record(
+        &format!("database down {} s", outage.as_secs()),
+        &format!(
+            "the write lock held for {} s while traffic ran",
+            outage.as_secs()
+        ),
+        &tally,
+        lost,
+        &format!(
+            "every request answered; /health/ready {ready} during the outage; {errors} failed writes retried; all rows written after, {dropped} dropped"
+        ),
+    );
+    assert_eq!(tally.ok, tally.sent, "{:?}", tally.failure);
+    assert_eq!(ready, 503);
+    assert_eq!(lost, 0);
+    assert_eq!(dropped, 0.0);
+}
+
 #[tokio::test]
 async fn shutdown_with_buffered_rows() {
     let Cluster {
