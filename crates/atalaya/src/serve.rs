@@ -14,7 +14,6 @@ use atalaya_gateway::{
 };
 use atalaya_security::{KeyHasher, is_too_open, load_or_create_secret_file};
 use atalaya_store::{Store, spawn_log_writer, spawn_upkeep};
-use axum::serve::ListenerExt as _;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -331,11 +330,13 @@ async fn serve_worker(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    // Each request goes to the router serving at the moment it arrives (a reload swaps it).
-    // Connection addresses go with each request: the audit log records the source IP.
-    let router = axum::Router::new().fallback_service(Serving(serving));
     match tls {
         Some(acceptor) => {
+            // Connection addresses go with each request: the audit log records the source IP.
+            let router = axum::Router::new().fallback_service(Serving {
+                router: serving,
+                peer: None,
+            });
             let app = router
                 .layer(axum::middleware::map_request(crate::tls::peer_address))
                 .into_make_service_with_connect_info::<crate::tls::TlsPeer>();
@@ -345,14 +346,12 @@ async fn serve_worker(
                 .context("serving")
         }
         None => {
-            let app = router.into_make_service_with_connect_info::<SocketAddr>();
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-                .context("serving")
+            let service = |peer| Serving {
+                router: serving.clone(),
+                peer: Some(peer),
+            };
+            atalaya_http_server::serve(listener, service, Default::default(), shutdown).await;
+            Ok(())
         }
     }
 }
@@ -406,11 +405,19 @@ async fn metrics_upkeep(
 }
 
 /// The router a worker serves new requests with; a reload replaces it, and requests already
-/// running finish on the one they started with.
+/// running finish on the one they started with. Adds the peer's address, which the audit
+/// log records.
 #[derive(Clone)]
-struct Serving(tokio::sync::watch::Receiver<axum::Router>);
+struct Serving {
+    router: tokio::sync::watch::Receiver<axum::Router>,
+    peer: Option<SocketAddr>,
+}
 
-impl tower_service::Service<axum::extract::Request> for Serving {
+impl<B> tower_service::Service<http::Request<B>> for Serving
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
     type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
@@ -422,8 +429,14 @@ impl tower_service::Service<axum::extract::Request> for Serving {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
-        let mut router = self.0.borrow().clone();
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let mut request = request.map(axum::body::Body::new);
+        if let Some(peer) = self.peer {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
+        let mut router = self.router.borrow().clone();
         tower_service::Service::call(&mut router, request)
     }
 }

@@ -298,3 +298,57 @@ async fn the_dashboard_is_served_from_the_binary_with_a_strict_policy() {
         );
     }
 }
+
+#[tokio::test]
+async fn one_port_speaks_http1_and_h2c_and_tells_them_apart_however_the_bytes_arrive() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = serve(ServeOptions::default());
+    let url = format!("{}/v1/chat/completions", server.url());
+
+    // HTTP/2 with prior knowledge: a streamed answer over h2c.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .post(&url)
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body(chat_body("sim-chat", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("data: [DONE]"));
+
+    // HTTP/1.1 whose first byte arrives alone: "P" could begin HTTP/2's preface, so the
+    // server waits for more before choosing.
+    let body = chat_body("sim-chat", false);
+    let request = format!(
+        "OST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(&server.process.address)
+        .await
+        .unwrap();
+    tcp.write_all(b"P").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("chat.completion"), "{answer}");
+
+    // The audit log still learns each caller's address over either protocol.
+    let created = h2
+        .post(format!("{}/api/v1/keys", server.url()))
+        .bearer_auth(ADMIN_KEY)
+        .json(&serde_json::json!({"name": "over-h2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (_, audit) = get(&format!("{}/api/v1/audit", server.url()), ADMIN_KEY).await;
+    assert_eq!(audit["data"][0]["source_ip"], "127.0.0.1", "{audit}");
+}
