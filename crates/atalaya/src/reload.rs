@@ -39,6 +39,8 @@ pub struct Reloader {
     pub rates: Arc<LocalRates>,
     /// One per HTTP worker: the router it serves new requests with.
     pub routers: Vec<watch::Sender<Router>>,
+    /// The gateway that probes deployments waiting half-open, when probes are on.
+    pub prober: Option<watch::Sender<Arc<Gateway>>>,
     pub reloads: Reloads,
     pub generation: u64,
 }
@@ -136,6 +138,10 @@ impl Reloader {
         for _ in &self.routers {
             gateways.push(Gateway::new(&next.gateway, &shared).map_err(anyhow::Error::from)?);
         }
+        let prober = match &self.prober {
+            Some(_) => Some(Gateway::new(&next.gateway, &shared).map_err(anyhow::Error::from)?),
+            None => None,
+        };
         let own: Vec<&SecretString> = self.own_secrets.iter().collect();
         crate::serve::register_secrets(&next.gateway, &own)?;
 
@@ -150,6 +156,9 @@ impl Reloader {
         );
         for (router, gateway) in self.routers.iter().zip(gateways) {
             drop(router.send_replace(atalaya_gateway::router(gateway)));
+        }
+        if let (Some(sender), Some(gateway)) = (&self.prober, prober) {
+            drop(sender.send_replace(gateway));
         }
         self.shared = shared;
         self.settings = next;

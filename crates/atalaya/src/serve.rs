@@ -206,6 +206,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         )?);
     }
+    // Deployments waiting half-open are probed from here, with clients of their own.
+    let prober = if settings.gateway.health.probe_providers {
+        let gateway = Gateway::new(&settings.gateway, &shared).context("configuring providers")?;
+        let (prober, probing) = tokio::sync::watch::channel(gateway);
+        tracker.spawn(probe_deployments(
+            probing,
+            settings.gateway.health.interval,
+            settings.gateway.health.probe_timeout,
+            shutdown.clone(),
+        ));
+        Some(prober)
+    } else {
+        None
+    };
     drop(log_writer);
     tracing::info!(%address, workers = workers.len(), data_dir = %settings.data_dir.display(), "Listening on {scheme}://{address}.");
     metrics::gauge!(atalaya_telemetry::names::CONFIG_GENERATION).set(1.0);
@@ -218,6 +232,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shared,
         rates,
         routers,
+        prober,
         reloads,
         generation: 1,
     };
@@ -389,6 +404,27 @@ pub(crate) fn secret(
         tracing::warn!(path = %file.display(), "{what} file is readable by other users; run chmod 600 on it.");
     }
     Ok(value)
+}
+
+/// Every `interval`, probes the deployments whose breaker waits half-open (see
+/// `Gateway::probe_waiting_deployments`); follows reloads through `probing`.
+async fn probe_deployments(
+    probing: tokio::sync::watch::Receiver<Arc<Gateway>>,
+    interval: Duration,
+    limit: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let gateway = probing.borrow().clone();
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = gateway.probe_waiting_deployments(limit) => {}
+        }
+    }
 }
 
 /// Histograms and gauges need periodic upkeep when the exporter runs without its own server.

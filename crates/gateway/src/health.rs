@@ -159,6 +159,11 @@ pub struct HealthSettings {
     pub database_slow: Duration,
     /// Lowest level per feature, where the config changes the default.
     pub feature_levels: Vec<(String, Level)>,
+    /// Whether deployments whose breaker waits half-open are probed every `interval`
+    /// (a GET of the provider's model list) instead of waiting for a request.
+    pub probe_providers: bool,
+    /// How long a probe may take.
+    pub probe_timeout: Duration,
 }
 
 impl Default for HealthSettings {
@@ -170,6 +175,8 @@ impl Default for HealthSettings {
             recover_after: Duration::from_secs(10),
             database_slow: Duration::from_millis(500),
             feature_levels: Vec::new(),
+            probe_providers: true,
+            probe_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -179,6 +179,51 @@ impl Gateway {
         }))
     }
 
+    /// Probes every configured deployment whose breaker waits half-open, so one that no
+    /// traffic reaches (a priority backup, a model nobody asks for now) still closes when its
+    /// provider is back, and the health score sees it. A probe takes the breaker's half-open
+    /// permit like a request would; a deployment a request is probing already is skipped.
+    /// Returns how many were probed.
+    pub async fn probe_waiting_deployments(&self, limit: Duration) -> usize {
+        let waiting = self.routing.waiting_deployments();
+        let mut probed = 0;
+        for deployment in waiting {
+            let Some(provider) = self.providers.get(&deployment.provider) else {
+                continue;
+            };
+            let providers::Adapter::Upstream(upstream) = &provider.adapter else {
+                continue;
+            };
+            let Ok(permit) = deployment.health.breaker.acquire() else {
+                continue;
+            };
+            if !permit.is_probe() {
+                // Closed meanwhile: nothing to find out.
+                continue;
+            }
+            probed += 1;
+            let outcome = upstream.probe(limit).await;
+            let label = if outcome.is_ok() { "up" } else { "down" };
+            metrics::counter!(
+                atalaya_telemetry::names::PROVIDER_PROBES,
+                "deployment" => deployment.id.to_string(),
+                "outcome" => label
+            )
+            .increment(1);
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(deployment = %deployment.id, "Probe answered; the deployment is back.");
+                    permit.success();
+                }
+                Err(failure) => {
+                    tracing::info!(deployment = %deployment.id, reason = ?failure, "Probe failed; the breaker stays open.");
+                    permit.failure();
+                }
+            }
+        }
+        probed
+    }
+
     /// Configured providers in configuration order.
     pub fn providers(&self) -> Vec<ProviderSummary> {
         self.providers

@@ -446,6 +446,50 @@ impl Upstream {
         }
     }
 
+    /// A cheap call that shows whether the provider answers: a GET of its model list with
+    /// the next key. Any answer but a 5xx or a 429 counts as up (a 404 from a server without
+    /// that list still shows it is there). Bedrock's model list lives on another host and
+    /// needs its own signing, so it is not probed.
+    pub async fn probe(&self, limit: Duration) -> Result<(), UpstreamFailure> {
+        let base = self.base.trim_end_matches('/');
+        let text = match self.kind {
+            ProviderKind::OpenAi => format!("{base}/models"),
+            ProviderKind::Azure => {
+                format!("{base}/openai/models?api-version={}", self.api_version)
+            }
+            ProviderKind::Anthropic | ProviderKind::Cohere => format!("{base}/v1/models"),
+            ProviderKind::Gemini => format!("{base}/v1beta/models"),
+            ProviderKind::Bedrock => {
+                return Err(UpstreamFailure::Other(
+                    "Bedrock deployments are not probed".to_owned(),
+                ));
+            }
+        };
+        let url = url::Url::parse(&text)
+            .map_err(|error| UpstreamFailure::Other(format!("bad URL {text}: {error}")))?;
+        let mut request = self.client.get(url);
+        if let Some((_, key)) = self.keys.pick()
+            && let Some((name, value)) = self.auth_header(key)
+        {
+            request = request.header(name, value);
+        }
+        match tokio::time::timeout(limit, request.send()).await {
+            Err(_) => Err(UpstreamFailure::Timeout(limit)),
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                if status >= 500 || status == 429 {
+                    Err(UpstreamFailure::Other(format!("the probe got {status}")))
+                } else {
+                    Ok(())
+                }
+            }
+            Ok(Err(error)) if error.is_connect() => {
+                Err(UpstreamFailure::Connect(error_chain(&error)))
+            }
+            Ok(Err(error)) => Err(UpstreamFailure::Other(error_chain(&error))),
+        }
+    }
+
     /// Reads a whole (non-streamed) body within what is left of the timeout.
     pub async fn read_body(
         &self,

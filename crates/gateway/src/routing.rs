@@ -645,6 +645,18 @@ impl Routing {
         unique_breakers(self.deployment_healths())
     }
 
+    /// Configured deployments whose breaker waits half-open for a call, once each.
+    pub(crate) fn waiting_deployments(&self) -> Vec<Arc<Deployment>> {
+        let mut seen = std::collections::HashSet::new();
+        self.plans
+            .values()
+            .flat_map(|plan| plan.deployments.iter())
+            .filter(|d| seen.insert(Arc::as_ptr(&d.health)))
+            .filter(|d| d.health.breaker.state() == atalaya_resilience::State::HalfOpen)
+            .cloned()
+            .collect()
+    }
+
     fn deployment_healths(&self) -> impl Iterator<Item = &Arc<Health>> {
         self.plans
             .values()

@@ -887,7 +887,27 @@ fn model_object(model: &MockModel) -> ModelObject<'_> {
     }
 }
 
-async fn models(State(state): State<Arc<MockState>>, headers: HeaderMap) -> Response {
+/// The model list (OpenAI's shape; Anthropic and Cohere list theirs at the same path). The
+/// fault profile applies here too: a provider that is down does not answer its model list
+/// either, which is what the gateway's health probes ask for.
+async fn models(
+    State(state): State<Arc<MockState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = intake(
+        &state,
+        Format::OpenAi,
+        method,
+        &uri,
+        &headers,
+        &Bytes::new(),
+    )
+    .await
+    {
+        return response;
+    }
     if let Err(response) = openai_auth(&state, &headers) {
         return response;
     }

@@ -48,6 +48,9 @@ pub mod names {
     pub const LOG_WRITE_ERRORS: &str = "atalaya_request_log_write_errors_total";
     /// Circuit breaker state by `breaker`: 0 closed, 1 half-open, 2 open.
     pub const CIRCUIT_STATE: &str = "atalaya_circuit_state";
+    /// Probes of deployments whose breaker waited half-open, by `deployment` and `outcome`
+    /// (up, down).
+    pub const PROVIDER_PROBES: &str = "atalaya_provider_probes_total";
     /// Retried upstream calls by `provider` (the deployment retried away from).
     pub const RETRIES: &str = "atalaya_retries_total";
     /// Requests answered by a fallback model, by `model` (the one asked for).
@@ -264,6 +267,10 @@ fn describe() {
     describe_counter!(
         OTLP_SPANS_DROPPED,
         "Spans not exported, by reason (queue_full, export_failed)."
+    );
+    describe_counter!(
+        PROVIDER_PROBES,
+        "Probes of deployments whose breaker waited half-open, by deployment and outcome (up, down)."
     );
     describe_counter!(
         CONFIG_RELOADS,

@@ -16,6 +16,8 @@ pub(super) struct RawHealth {
     recover_after_ms: Option<u64>,
     hysteresis: Option<f64>,
     database_slow_ms: Option<u64>,
+    probe_providers: Option<bool>,
+    probe_timeout_ms: Option<u64>,
     weights: RawWeights,
     features: BTreeMap<String, String>,
 }
@@ -107,5 +109,12 @@ pub(super) fn settings(raw: RawHealth, origins: &Origins) -> Result<HealthSettin
             origins,
         )?,
         feature_levels,
+        probe_providers: raw.probe_providers.unwrap_or(defaults.probe_providers),
+        probe_timeout: positive_ms(
+            raw.probe_timeout_ms,
+            defaults.probe_timeout,
+            "health.probe_timeout_ms",
+            origins,
+        )?,
     })
 }

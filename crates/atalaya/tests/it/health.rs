@@ -141,3 +141,93 @@ async fn the_level_falls_with_a_provider_sheds_features_and_recovers_on_its_own(
         "{sent:?}"
     );
 }
+
+#[tokio::test]
+async fn a_backup_no_traffic_reaches_recovers_through_probes() {
+    let primary = mock(MockOptions::default());
+    let backup = mock(MockOptions::default());
+    let server = serve(ServeOptions {
+        config: &format!(
+            "{}[[models]]\nname = \"m\"\nstrategy = \"priority\"\n\
+             [[models.deployments]]\nprovider = \"p0\"\nmodel = \"gpt-4o-mini\"\n\
+             [[models.deployments]]\nprovider = \"p1\"\nmodel = \"gpt-4o-mini\"\n\
+             [routing]\nmax_attempts = 2\nbackoff_base_ms = 1\nretry_budget_ratio = 1.0\nretry_budget_floor = 1000\n\
+             [routing.breaker]\nminimum_calls = 2\nwindow = 2\nopen_ms = 300\n\
+             [health]\ninterval_ms = 100\nrecover_after_ms = 200\n",
+            providers_for(&[&primary, &backup])
+        ),
+        ..ServeOptions::default()
+    });
+    let chat = format!("{}/v1/chat/completions", server.url());
+    // Both down: each request fails on p0, then on p1, until both breakers are open.
+    for upstream in [&primary, &backup] {
+        set_profile(upstream, r#"{"name": "down"}"#).await;
+    }
+    let providers_down = |report: &Value| {
+        report["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["kind"] == "provider")
+            .all(|d| d["state"] == "down")
+    };
+    eventually(Duration::from_secs(10), || async {
+        post(&chat, ADMIN_KEY, &chat_body("m", false)).await;
+        providers_down(&health(&server).await).then_some(())
+    })
+    .await;
+    // The probes keep finding them down: the breakers stay open.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let report = health(&server).await;
+    assert!(
+        report["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["kind"] == "provider")
+            .all(|d| d["state"] != "healthy"),
+        "{report}"
+    );
+
+    // Both back, and no request comes: the probes find them up, the breakers close, and the
+    // score and level recover with no traffic at all.
+    let chats = |upstream: &Process| {
+        let url = format!("{}/_mock/requests", upstream.url());
+        async move {
+            let (_, recorded) = get(&url, "").await;
+            recorded.as_array().unwrap().clone()
+        }
+    };
+    let before = chats(&backup).await.len();
+    for upstream in [&primary, &backup] {
+        set_profile(upstream, r#"{"name": "healthy"}"#).await;
+    }
+    let report = eventually(Duration::from_secs(15), || async {
+        let report = health(&server).await;
+        (report["level"] == "OPTIMAL").then_some(report)
+    })
+    .await;
+    assert_eq!(report["score"], 100.0, "{report}");
+    let recorded = chats(&backup).await;
+    let since: Vec<&Value> = recorded[before..].iter().collect();
+    assert!(
+        since
+            .iter()
+            .all(|r| r["method"] == "GET" && r["path"] == "/v1/models"),
+        "only probes reached the backup: {since:?}"
+    );
+    assert!(!since.is_empty());
+    let metrics = metrics_text(&server).await;
+    assert!(
+        metrics.contains(
+            "atalaya_provider_probes_total{deployment=\"p1/gpt-4o-mini\",outcome=\"up\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "atalaya_provider_probes_total{deployment=\"p1/gpt-4o-mini\",outcome=\"down\"}"
+        ),
+        "{metrics}"
+    );
+}
