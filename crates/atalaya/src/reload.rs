@@ -8,8 +8,8 @@
 //! buckets and spend carry over.
 //!
 //! Listening address, data directory, database, workers, TLS, log destinations, the request
-//! log writer, upkeep, alert rules and health settings are read once at start: a change to
-//! them is reported as needing a restart and the running values stay.
+//! log writer, upkeep, the alert evaluation interval and health settings are read once at
+//! start: a change to them is reported as needing a restart and the running values stay.
 
 use std::sync::Arc;
 
@@ -56,7 +56,7 @@ impl Reloader {
             changed: Vec::new(),
             restart_needed: Vec::new(),
         };
-        match self.apply() {
+        match self.apply().await {
             Ok((changed, restart_needed)) => {
                 self.generation += 1;
                 outcome.reloaded = true;
@@ -104,7 +104,7 @@ impl Reloader {
     }
 
     /// Loads, builds and swaps; nothing is swapped unless every step succeeded.
-    fn apply(&mut self) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    async fn apply(&mut self) -> anyhow::Result<(Vec<String>, Vec<String>)> {
         let mut next = config::load(&self.flags, &self.env)?;
         crate::vault::resolve_references(&mut next.gateway, &self.vault)?;
         let current = &self.settings;
@@ -120,7 +120,7 @@ impl Reloader {
         next.request_log = current.request_log.clone();
         next.upkeep = current.upkeep.clone();
         next.tls = current.tls.clone();
-        next.gateway.alerts = current.gateway.alerts.clone();
+        next.gateway.alerts.evaluate_interval = current.gateway.alerts.evaluate_interval;
         next.gateway.health = current.gateway.health.clone();
         let changed = live_changes(current, &next);
 
@@ -159,6 +159,9 @@ impl Reloader {
         }
         if let (Some(sender), Some(gateway)) = (&self.prober, prober) {
             drop(sender.send_replace(gateway));
+        }
+        if let Some(alerts) = &shared.alerts {
+            alerts.replace_settings(next.gateway.alerts.clone()).await;
         }
         self.shared = shared;
         self.settings = next;
@@ -221,8 +224,8 @@ fn fixed_changes(current: &Settings, next: &Settings) -> Vec<String> {
                 || current.upkeep.retention_interval != next.upkeep.retention_interval,
         ),
         (
-            "alerts",
-            differs(&current.gateway.alerts, &next.gateway.alerts),
+            "alerts.evaluate_interval_ms",
+            current.gateway.alerts.evaluate_interval != next.gateway.alerts.evaluate_interval,
         ),
         (
             "health",
@@ -246,6 +249,7 @@ fn live_changes(current: &Settings, next: &Settings) -> Vec<String> {
             differs(&a.teams, &b.teams) || differs(&a.team_budgets, &b.team_budgets),
         ),
         ("guardrails", differs(&a.guardrails, &b.guardrails)),
+        ("alerts", differs(&a.alerts, &b.alerts)),
         (
             "server.max_body_bytes",
             a.max_body_bytes != b.max_body_bytes,

@@ -348,6 +348,22 @@ pub struct Notice {
 }
 
 /// Evaluation state: what is firing, the detectors, what was sent when.
+/// Seconds of per-deployment history `settings`' rules look back over.
+fn keep_secs(settings: &AlertSettings) -> i64 {
+    settings
+        .rules
+        .iter()
+        .map(|rule| match &rule.kind {
+            RuleKind::ErrorRate { window, .. } | RuleKind::P95Latency { window, .. } => {
+                window.as_secs() as i64
+            }
+            _ => settings.evaluate_interval.as_secs() as i64 + 1,
+        })
+        .max()
+        .unwrap_or(60)
+        .max(settings.evaluate_interval.as_secs() as i64 + 1)
+}
+
 #[derive(Default)]
 struct State {
     /// (rule, subject) → normal evaluations in a row since it fired (for anomalies).
@@ -363,40 +379,60 @@ struct State {
 }
 
 pub struct Alerts {
-    settings: AlertSettings,
+    /// Replaced by a configuration reload (`replace_settings`).
+    settings: std::sync::RwLock<Arc<AlertSettings>>,
     windows: Mutex<HashMap<Arc<str>, VecDeque<Second>>>,
     signals: Mutex<Vec<Signal>>,
     state: tokio::sync::Mutex<State>,
     store: Store,
     events: Events,
     notifier: notify::Notifier,
-    keep_secs: i64,
+    /// Seconds of per-deployment history the rules need.
+    keep_secs: std::sync::atomic::AtomicI64,
 }
 
 impl Alerts {
     pub fn new(settings: AlertSettings, store: Store, events: Events) -> Arc<Alerts> {
-        let keep_secs = settings
-            .rules
-            .iter()
-            .map(|rule| match &rule.kind {
-                RuleKind::ErrorRate { window, .. } | RuleKind::P95Latency { window, .. } => {
-                    window.as_secs() as i64
-                }
-                _ => settings.evaluate_interval.as_secs() as i64 + 1,
-            })
-            .max()
-            .unwrap_or(60)
-            .max(settings.evaluate_interval.as_secs() as i64 + 1);
+        let keep_secs = keep_secs(&settings);
         Arc::new(Alerts {
             notifier: notify::Notifier::new(),
-            settings,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             windows: Mutex::default(),
             signals: Mutex::default(),
             state: tokio::sync::Mutex::default(),
             store,
             events,
-            keep_secs,
+            keep_secs: std::sync::atomic::AtomicI64::new(keep_secs),
         })
+    }
+
+    fn settings(&self) -> Arc<AlertSettings> {
+        match self.settings.read() {
+            Ok(settings) => settings.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Rules, channels and limits from a reloaded configuration, used from the next
+    /// evaluation on; the evaluation interval stays until a restart. Alerts of rules that are
+    /// gone are forgotten (nothing will resolve them).
+    pub async fn replace_settings(&self, settings: AlertSettings) {
+        self.keep_secs
+            .store(keep_secs(&settings), std::sync::atomic::Ordering::Relaxed);
+        let names: std::collections::HashSet<String> = settings
+            .rules
+            .iter()
+            .map(|rule| rule.name.clone())
+            .collect();
+        {
+            let mut state = self.state.lock().await;
+            state.firing.retain(|(rule, _), _| names.contains(rule));
+            state.last_sent.retain(|(rule, _), _| names.contains(rule));
+        }
+        match self.settings.write() {
+            Ok(mut current) => *current = Arc::new(settings),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(settings),
+        }
     }
 
     /// Counts a finished request against its deployment.
@@ -411,7 +447,8 @@ impl Alerts {
         };
         if window.back().is_none_or(|second| second.at != now) {
             window.push_back(Second::new(now));
-            while window.front().is_some_and(|s| s.at <= now - self.keep_secs) {
+            let keep = self.keep_secs.load(std::sync::atomic::Ordering::Relaxed);
+            while window.front().is_some_and(|s| s.at <= now - keep) {
                 window.pop_front();
             }
         }
@@ -434,7 +471,7 @@ impl Alerts {
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let alerts = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(alerts.settings.evaluate_interval);
+            let mut tick = tokio::time::interval(alerts.settings().evaluate_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -475,7 +512,8 @@ impl Alerts {
         let now = now_ms / 1_000;
         let mut state = self.state.lock().await;
         let mut notices = Vec::new();
-        for rule in &self.settings.rules {
+        let settings = self.settings();
+        for rule in &settings.rules {
             match &rule.kind {
                 RuleKind::ErrorRate {
                     threshold,
@@ -561,7 +599,7 @@ impl Alerts {
                     min_requests,
                 } => {
                     // Each complete interval since the last look is one sample per deployment.
-                    let interval = self.settings.evaluate_interval.as_secs().max(1) as i64;
+                    let interval = settings.evaluate_interval.as_secs().max(1) as i64;
                     if state.detected_up_to == 0 {
                         state.detected_up_to = now;
                         continue;
@@ -631,7 +669,7 @@ impl Alerts {
             .map(|mut signals| std::mem::take(&mut *signals))
             .unwrap_or_default();
         for signal in signals {
-            for rule in &self.settings.rules {
+            for rule in &settings.rules {
                 match (&rule.kind, &signal) {
                     (
                         RuleKind::CircuitOpen,
@@ -737,7 +775,7 @@ impl Alerts {
         now_ms: i64,
     ) -> Option<Notice> {
         let key = (rule.name.clone(), subject.clone());
-        let window = self.settings.dedupe.as_millis() as i64;
+        let window = self.settings().dedupe.as_millis() as i64;
         if state
             .last_sent
             .get(&key)
@@ -763,12 +801,13 @@ impl Alerts {
     /// hourly limits.
     async fn deliver(&self, notice: Notice, now_ms: i64) {
         metrics::counter!(names::ALERTS, "rule" => notice.rule.clone(), "severity" => notice.severity.as_str(), "state" => notice.state).increment(1);
-        let rule = self.settings.rules.iter().find(|r| r.name == notice.rule);
+        let settings = self.settings();
+        let rule = settings.rules.iter().find(|r| r.name == notice.rule);
         let mut told = Vec::new();
         let mut limited = false;
         {
             let mut state = self.state.lock().await;
-            for channel in &self.settings.channels {
+            for channel in &settings.channels {
                 let wanted = rule
                     .and_then(|r| r.channels.as_ref())
                     .is_none_or(|names| names.contains(&channel.name));
@@ -779,7 +818,7 @@ impl Alerts {
                 while sent.front().is_some_and(|at| now_ms - at >= 3_600_000) {
                     sent.pop_front();
                 }
-                if sent.len() >= self.settings.max_per_hour as usize {
+                if sent.len() >= settings.max_per_hour as usize {
                     limited = true;
                     metrics::counter!(names::ALERTS_SUPPRESSED, "reason" => "rate_limited")
                         .increment(1);

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{
     ADMIN_KEY, MockOptions, ServeOptions, Server, chat_body, client, create_key, eventually, get,
-    gpt_on, metrics_text, mock, post, serve,
+    gpt_on, metrics_text, mock, post, serve, set_profile,
 };
 
 fn config_path(server: &Server) -> std::path::PathBuf {
@@ -229,4 +229,48 @@ async fn an_invalid_file_is_refused_and_the_running_configuration_kept() {
         "{actions:?}"
     );
     assert_eq!(actions.iter().filter(|a| **a == "config.reload").count(), 1);
+}
+
+#[tokio::test]
+async fn alert_rules_and_channels_added_by_a_reload_fire() {
+    let upstream = mock(MockOptions::default());
+    let hooks = crate::harness::HookReceiver::start().await;
+    let base_config = format!(
+        "{}[routing]\nmax_attempts = 1\n[alerts]\nevaluate_interval_ms = 200\n",
+        gpt_on(&upstream)
+    );
+    let server = serve(ServeOptions {
+        config: &base_config,
+        ..ServeOptions::default()
+    });
+    std::fs::write(
+        config_path(&server),
+        format!(
+            "{base_config}\n[[alerts.channels]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}/hook\"\n\n\
+             [[alerts.rules]]\nname = \"upstream-errors\"\nkind = \"error_rate\"\nthreshold = 0.5\nwindow_seconds = 2\nmin_requests = 3\n",
+            hooks.url
+        ),
+    )
+    .unwrap();
+    let (status, _, outcome) = post(
+        &format!("{}/api/v1/config/reload", server.url()),
+        ADMIN_KEY,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["changed"], json!(["alerts"]), "{outcome}");
+    assert_eq!(outcome["restart_needed"], json!([]), "{outcome}");
+
+    set_profile(&upstream, r#"{"name": "failing"}"#).await;
+    let url = format!("{}/v1/chat/completions", server.url());
+    for _ in 0..3 {
+        post(&url, ADMIN_KEY, &chat_body("gpt-4o-mini", false)).await;
+    }
+    let alert = eventually(Duration::from_secs(10), || async {
+        hooks.bodies("/hook").into_iter().next()
+    })
+    .await;
+    assert_eq!(alert["alert"]["rule"], "upstream-errors", "{alert}");
+    assert_eq!(alert["alert"]["state"], "firing");
 }
