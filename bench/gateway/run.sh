@@ -6,16 +6,20 @@
 # CPU ms per request and atalaya's peak RSS, the ratios to nginx, and translated vs
 # same-format.
 #
-#   bench/gateway/run.sh                 # defaults: 15 s per run, 32 and 1 connections
-#   DURATION=30 CONNECTIONS="64 32 1" bench/gateway/run.sh
+#   bench/gateway/run.sh                 # defaults: 10 s per run, 32 and 1 connections, 3 rounds
+#   DURATION=30 CONNECTIONS="64 32 1" ROUNDS=1 bench/gateway/run.sh
+#
+# Every round runs each target once, in turn; the tables show the median of each figure over
+# the rounds, so a slow spell of the shared machine does not land on one target alone.
 #
 # Installs wrk and nginx from Debian if they are missing. Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 here=$root/bench/gateway
-duration=${DURATION:-15}
+duration=${DURATION:-10}
 connections=${CONNECTIONS:-"32 1"}
+rounds=${ROUNDS:-3}
 threads=${THREADS:-2}
 
 source "$root/bench/lib.sh"
@@ -66,6 +70,7 @@ run() { # name url key body connections pids...
   echo "$name $body c=$conns $line cpu_ms_per_req=$cpu_ms atalaya_rss_kb=${rss_kb:-0}" | tee -a "$results"
 }
 
+for round in $(seq "$rounds"); do
 for conns in $connections; do
   for body in chat.json chat-stream.json; do
     run mock "http://127.0.0.1:$mock_port/v1/chat/completions" "$upstream_key" "$body" "$conns" "$mock_pid"
@@ -81,28 +86,41 @@ for conns in $connections; do
     run translated "http://127.0.0.1:$atalaya_port/v1/chat/completions" "$gateway_key" "$body" "$conns" "$atalaya_pid"
   done
 done
+done
 peak_rss_kb=$(awk '/VmHWM/ {print $2}' /proc/"$atalaya_pid"/status)
 logged=$(curl -s "http://127.0.0.1:$atalaya_port/metrics" | awk '/^atalaya_request_log_rows_written_total/ {print $2}')
 dropped=$(curl -s "http://127.0.0.1:$atalaya_port/metrics" | awk '/^atalaya_request_log_rows_dropped_total/ {print $2}')
 
 python3 - "$results" "$peak_rss_kb" "${logged:-0}" "${dropped:-0}" <<'PY'
 import re, sys
-rows = {}
+import statistics
+runs = {}
 for line in open(sys.argv[1]):
     name, body, conns = line.split()[:3]
     fields = dict(re.findall(r"(\w+)=([\d.]+)", line))
-    rows[(name, body, conns)] = fields
+    runs.setdefault((name, body, conns), []).append(fields)
+# Each figure is the median over the rounds (the runs of a round alternate targets, so a
+# slow spell of the shared machine hits them alike); errors are summed.
+rows = {}
+for key, taken in runs.items():
+    merged = {}
+    for field in taken[0]:
+        values = [float(t[field]) for t in taken]
+        merged[field] = sum(values) if field in ("errors", "non2xx") else statistics.median(values)
+    rows[key] = merged
+rounds = max(len(taken) for taken in runs.values())
 
 def cells(f, direct):
-    p50, p99 = int(f["p50"]) / 1000, int(f["p99"]) / 1000
-    added50 = f"{p50 - int(direct['p50']) / 1000:.2f}" if direct else "-"
-    added99 = f"{p99 - int(direct['p99']) / 1000:.2f}" if direct else "-"
-    errors = int(f["errors"]) + int(f["non2xx"])
+    p50, p99 = f["p50"] / 1000, f["p99"] / 1000
+    added50 = f"{p50 - direct['p50'] / 1000:.2f}" if direct else "-"
+    added99 = f"{p99 - direct['p99'] / 1000:.2f}" if direct else "-"
+    errors = int(f["errors"] + f["non2xx"])
     return (f"{float(f['rps']):>9.0f}{p50:>8.2f}{p99:>8.2f}{added50:>9}{added99:>9}"
-            f"{float(f['cpu_ms_per_req']):>11.3f}{errors:>7}{int(f['atalaya_rss_kb']) / 1024:>9.1f}")
+            f"{float(f['cpu_ms_per_req']):>11.3f}{errors:>7}{f['atalaya_rss_kb'] / 1024:>9.1f}")
 
 header = f"{'rps':>9}{'p50 ms':>8}{'p99 ms':>8}{'p50+ ms':>9}{'p99+ ms':>9}{'cpu ms/req':>11}{'errors':>7}{'RSS MB':>9}"
 print()
+print(f"Medians over {rounds} round(s).")
 print("Proxy overhead. p50+/p99+: latency added over calling mock-provider directly; vs nginx: rps ratio.")
 print(f"{'scenario':<24}{'target':<9}{header}{'vs nginx':>9}")
 for (name, body, conns), f in rows.items():
@@ -119,7 +137,7 @@ print("translated: OpenAI client -> the same Anthropic upstream. p50+/p99+ and t
 print("'vs openai' compares with OpenAI client -> OpenAI upstream (atalaya rows above).")
 pairs = {"chat-translated.json": ("messages.json", "chat.json"),
          "chat-translated-stream.json": ("messages-stream.json", "chat-stream.json")}
-print(f"{'scenario':<32}{'target':<11}{header}{'vs same':>9}{'vs openai':>10}")
+print(f"{'scenario':<34}{'target':<11}{header}{'vs same':>9}{'vs openai':>10}")
 for (name, body, conns), f in rows.items():
     if name not in ("anthropic", "translated"):
         continue
@@ -132,7 +150,7 @@ for (name, body, conns), f in rows.items():
             ratio = f"{float(f['rps']) / float(same['rps']) * 100:.0f}%"
         if openai:
             versus_openai = f"{float(f['rps']) / float(openai['rps']) * 100:.0f}%"
-    print(f"{body + ' ' + conns:<32}{name:<11}{cells(f, direct)}{ratio:>9}{versus_openai:>10}")
+    print(f"{body + ' ' + conns:<34}{name:<11}{cells(f, direct)}{ratio:>9}{versus_openai:>10}")
 print()
 print(f"atalaya peak RSS over the whole run: {int(sys.argv[2]) / 1024:.1f} MB; request-log rows written: {sys.argv[3]}, dropped: {sys.argv[4]}")
 PY

@@ -57,13 +57,14 @@ impl Inbound<'_> {
         let body = self.body();
         // A quarter of the bytes: close enough to tell a prompt that cannot fit.
         let prompt_tokens = body.len() as u64 / 4;
-        let has = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
+        static IMAGE_URL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"image_url\""));
         match self {
             Inbound::OpenAiChat { request, .. } => Facts {
                 prompt_tokens,
                 max_tokens: request.max_tokens(),
                 tools: request.has("tools") || request.has("functions"),
-                vision: has(b"\"image_url\""),
+                vision: IMAGE_URL.find(body).is_some(),
             },
             Inbound::AnthropicChat { request, .. } => Facts {
                 prompt_tokens,

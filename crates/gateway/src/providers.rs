@@ -397,7 +397,8 @@ impl Upstream {
             request = request.header(name.clone(), value.clone());
         }
         if let Ok(value) = HeaderValue::from_str(&context.id) {
-            request = request.header("x-request-id", value);
+            const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+            request = request.header(X_REQUEST_ID, value);
         }
         // The upstream call's own span is the parent the provider sees, so its spans nest
         // under ours in an exported trace.

@@ -12,7 +12,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use atalaya_translate::{
@@ -24,6 +24,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
+use memchr::memmem::Finder;
 use tokio::time::Instant;
 
 use crate::dispatch::Lease;
@@ -388,12 +389,12 @@ impl Relay {
     fn inspect(&mut self, region: Bytes) -> Bytes {
         match &mut self.transcoder {
             Transcoder::OpenAi { .. } => {
-                if has_line(&region, b"data: [DONE]") {
+                if has_line(&region, &DONE_LINE) {
                     self.saw_done = true;
                 }
             }
             Transcoder::Anthropic(_) => {
-                if has_line(&region, b"event: message_stop") {
+                if has_line(&region, &MESSAGE_STOP_LINE) {
                     self.saw_done = true;
                 }
             }
@@ -675,14 +676,22 @@ fn last_boundary_end(buffer: &[u8]) -> Option<usize> {
     boundary_ends(buffer).last()
 }
 
+/// Searchers built once: building one costs more than a search through a chunk of events.
+static DONE_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"data: [DONE]"));
+static MESSAGE_STOP_LINE: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"event: message_stop"));
+static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+
 /// Whether a line of `region` starts with `prefix` (text inside JSON never starts a line).
-fn has_line(region: &[u8], prefix: &[u8]) -> bool {
-    region.starts_with(prefix)
-        || memchr::memmem::find_iter(region, prefix).any(|at| at > 0 && region[at - 1] == b'\n')
+fn has_line(region: &[u8], prefix: &Finder<'_>) -> bool {
+    region.starts_with(prefix.needle())
+        || prefix
+            .find_iter(region)
+            .any(|at| at > 0 && region[at - 1] == b'\n')
 }
 
 fn has_usage_object(region: &[u8]) -> bool {
-    memchr::memmem::find_iter(region, b"\"usage\"").any(|at| {
+    USAGE_KEY.find_iter(region).any(|at| {
         let after = &region[at + 7..];
         let mut rest = after.iter().skip_while(|b| b.is_ascii_whitespace());
         rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
@@ -729,11 +738,11 @@ mod tests {
 
     #[test]
     fn end_markers_count_only_at_line_starts() {
-        assert!(has_line(b"data: [DONE]\n\n", b"data: [DONE]"));
-        assert!(has_line(b"data: {}\n\ndata: [DONE]\n\n", b"data: [DONE]"));
+        assert!(has_line(b"data: [DONE]\n\n", &DONE_LINE));
+        assert!(has_line(b"data: {}\n\ndata: [DONE]\n\n", &DONE_LINE));
         assert!(!has_line(
             br#"data: {"content":"data: [DONE]"}"#,
-            b"data: [DONE]"
+            &DONE_LINE
         ));
     }
 

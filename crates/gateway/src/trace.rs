@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use atalaya_telemetry::otlp::{self, SpanId};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use rand::Rng as _;
 
 #[derive(Debug, Clone)]
@@ -83,15 +83,18 @@ impl Trace {
 
     /// The headers for one upstream call: this trace with `span` (the upstream call's own
     /// span) as the parent.
-    pub fn upstream_headers(&self, span: SpanId) -> Vec<(&'static str, HeaderValue)> {
+    pub fn upstream_headers(&self, span: SpanId) -> Vec<(HeaderName, HeaderValue)> {
+        // Names made once: parsing a non-standard name allocates.
+        const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+        const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
         let mut headers = Vec::with_capacity(2);
         if let Ok(value) =
             HeaderValue::from_str(&format!("00-{}-{span}-{:02x}", self.id, self.flags & 0x01))
         {
-            headers.push(("traceparent", value));
+            headers.push((TRACEPARENT, value));
         }
         if let Some(state) = &self.state {
-            headers.push(("tracestate", state.clone()));
+            headers.push((TRACESTATE, state.clone()));
         }
         headers
     }
@@ -121,7 +124,8 @@ mod tests {
         assert!(parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(parent.ends_with("-01"));
         assert!(!parent.contains("00f067aa0ba902b7"));
-        assert_eq!(out[1], ("tracestate", HeaderValue::from_static("vendor=1")));
+        assert_eq!(out[1].0, "tracestate");
+        assert_eq!(out[1].1, HeaderValue::from_static("vendor=1"));
     }
 
     #[test]

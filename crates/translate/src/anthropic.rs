@@ -93,7 +93,7 @@ pub fn decode_request(body: &[u8], target: &Target) -> Result<ChatRequest, Trans
         if is_null(raw) {
             continue;
         }
-        match name.as_str() {
+        match name.as_ref() {
             "model" => request.model = field(raw, "model", "a string")?,
             "max_tokens" => {
                 saw_max_tokens = true;
@@ -206,7 +206,9 @@ pub fn decode_request(body: &[u8], target: &Target) -> Result<ChatRequest, Trans
             }
             _ => {
                 request.extra_format = FORMAT;
-                request.extra.push((name, raw.get().to_owned()));
+                request
+                    .extra
+                    .push((name.into_owned(), raw.get().to_owned()));
             }
         }
     }
@@ -777,21 +779,23 @@ pub fn encode_response(response: &ChatResponse) -> Vec<u8> {
 // Streams
 
 #[derive(Deserialize)]
+/// Read once per streamed event: the fields only some events carry are boxed, so the struct
+/// serde builds and moves for every token stays small.
 struct WireEvent<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
     #[serde(default)]
-    message: Option<WireStartMessage>,
+    message: Option<Box<WireStartMessage>>,
     #[serde(default)]
     index: Option<u32>,
     #[serde(default)]
-    content_block: Option<WireBlock>,
+    content_block: Option<Box<WireBlock>>,
     #[serde(default, borrow)]
     delta: Option<WireEventDelta<'a>>,
     #[serde(default)]
     usage: Option<WireUsage>,
     #[serde(default)]
-    error: Option<WireError>,
+    error: Option<Box<WireError>>,
 }
 
 #[derive(Deserialize)]
@@ -815,12 +819,12 @@ struct WireEventDelta<'a> {
     partial_json: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     thinking: Option<Cow<'a, str>>,
-    #[serde(default)]
-    signature: Option<String>,
-    #[serde(default)]
-    stop_reason: Option<String>,
-    #[serde(default)]
-    stop_sequence: Option<String>,
+    #[serde(default, borrow)]
+    signature: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stop_sequence: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -889,11 +893,14 @@ impl StreamDecoder {
 
         match event.kind.as_ref() {
             "message_start" => {
-                let message = event.message.unwrap_or(WireStartMessage {
-                    id: None,
-                    model: None,
-                    usage: None,
-                });
+                let message = event.message.map_or(
+                    WireStartMessage {
+                        id: None,
+                        model: None,
+                        usage: None,
+                    },
+                    |message| *message,
+                );
                 deltas.push(Delta::Start {
                     id: message.id,
                     model: message.model,
@@ -995,7 +1002,7 @@ impl StreamDecoder {
                         if let Some(signature) = delta.signature {
                             deltas.push(Delta::ThinkingSignature {
                                 choice: 0,
-                                signature,
+                                signature: signature.into_owned(),
                             });
                         }
                     }
@@ -1019,17 +1026,20 @@ impl StreamDecoder {
                     deltas.push(Delta::Finish {
                         choice: 0,
                         reason: finish,
-                        stop_sequence: delta.stop_sequence,
+                        stop_sequence: delta.stop_sequence.map(Cow::into_owned),
                     });
                 }
                 deltas.push(Delta::Usage(self.usage.canonical()));
             }
             "message_stop" => self.stopped = true,
             "error" => {
-                let error = event.error.unwrap_or(WireError {
-                    kind: None,
-                    message: None,
-                });
+                let error = event.error.map_or(
+                    WireError {
+                        kind: None,
+                        message: None,
+                    },
+                    |error| *error,
+                );
                 return Err(StreamFailure::Provider(StreamError {
                     kind: error.kind.unwrap_or_else(|| "error".to_owned()),
                     message: error.message.unwrap_or_default(),

@@ -102,7 +102,7 @@ pub fn decode_request(body: &[u8], target: &Target) -> Result<ChatRequest, Trans
         if is_null(raw) && name != "model" {
             continue;
         }
-        match name.as_str() {
+        match name.as_ref() {
             "model" => request.model = field(raw, "model", "a string")?,
             "messages" => {
                 saw_messages = true;
@@ -186,7 +186,9 @@ pub fn decode_request(body: &[u8], target: &Target) -> Result<ChatRequest, Trans
             }
             _ => {
                 request.extra_format = FORMAT;
-                request.extra.push((name, raw.get().to_owned()));
+                request
+                    .extra
+                    .push((name.into_owned(), raw.get().to_owned()));
             }
         }
     }

@@ -160,7 +160,10 @@ impl Assembler {
             b"event" => {
                 let mut name = self.spare_name.take().unwrap_or_default();
                 name.clear();
-                name.push_str(&String::from_utf8_lossy(value));
+                match std::str::from_utf8(value) {
+                    Ok(value) => name.push_str(value),
+                    Err(_) => name.push_str(&String::from_utf8_lossy(value)),
+                }
                 self.event.event = Some(name);
             }
             _ => {}
