@@ -209,7 +209,7 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
-    fn add(&mut self, row: &RawRow) {
+    fn add(&mut self, row: &Facts<'_>) {
         self.requests += 1;
         self.errors += u64::from(row.status >= 400);
         self.server_errors += u64::from(row.status >= 500);
@@ -296,7 +296,7 @@ pub struct Percentiles {
 
 /// The request-log columns analytics read.
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct RawRow {
+struct RawRow {
     seq: i64,
     created_at_ms: i64,
     key_id: Option<String>,
@@ -312,22 +312,103 @@ pub(crate) struct RawRow {
     cost_usd: Option<f64>,
 }
 
+const RAW_COLUMNS: &str = "SELECT seq, created_at_ms, key_id, team, model, provider, deployment, \
+     status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cost_usd FROM request_logs";
+
 impl RawRow {
-    fn value(&self, dim: Dimension) -> String {
-        let text = match dim {
-            Dimension::Key => &self.key_id,
-            Dimension::Team => &self.team,
-            Dimension::Model => &self.model,
-            Dimension::Provider => &self.provider,
-            Dimension::Deployment => &self.deployment,
-            Dimension::Status => return self.status.to_string(),
-        };
-        text.clone().unwrap_or_default()
+    /// Reads the columns of [`RAW_COLUMNS`], in order.
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+        Ok(RawRow {
+            seq: row.get(0)?,
+            created_at_ms: row.get(1)?,
+            key_id: row.get(2)?,
+            team: row.get(3)?,
+            model: row.get(4)?,
+            provider: row.get(5)?,
+            deployment: row.get(6)?,
+            status: row.get(7)?,
+            latency_ms: row.get(8)?,
+            ttft_ms: row.get(9)?,
+            prompt_tokens: row.get(10)?,
+            completion_tokens: row.get(11)?,
+            cost_usd: row.get(12)?,
+        })
     }
 }
 
-const RAW_COLUMNS: &str = "SELECT seq, created_at_ms, key_id, team, model, provider, deployment, \
-     status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cost_usd FROM request_logs";
+/// What the rollups take from a request-log row, borrowed from a row read back or one being
+/// written.
+pub(crate) struct Facts<'a> {
+    created_at_ms: i64,
+    key_id: Option<&'a str>,
+    team: Option<&'a str>,
+    model: Option<&'a str>,
+    provider: Option<&'a str>,
+    deployment: Option<&'a str>,
+    status: i64,
+    latency_ms: f64,
+    ttft_ms: Option<f64>,
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    cost_usd: Option<f64>,
+}
+
+/// Both row types name the columns alike.
+macro_rules! facts_from {
+    ($row:ty) => {
+        impl<'a> From<&'a $row> for Facts<'a> {
+            fn from(row: &'a $row) -> Facts<'a> {
+                Facts {
+                    created_at_ms: row.created_at_ms,
+                    key_id: row.key_id.as_deref(),
+                    team: row.team.as_deref(),
+                    model: row.model.as_deref(),
+                    provider: row.provider.as_deref(),
+                    deployment: row.deployment.as_deref(),
+                    status: row.status,
+                    latency_ms: row.latency_ms,
+                    ttft_ms: row.ttft_ms,
+                    prompt_tokens: row.prompt_tokens,
+                    completion_tokens: row.completion_tokens,
+                    cost_usd: row.cost_usd,
+                }
+            }
+        }
+    };
+}
+
+facts_from!(RawRow);
+facts_from!(crate::RequestLogRow);
+
+impl<'a> Facts<'a> {
+    fn value(&self, dim: Dimension) -> DimValue<'a> {
+        let text = match dim {
+            Dimension::Key => self.key_id,
+            Dimension::Team => self.team,
+            Dimension::Model => self.model,
+            Dimension::Provider => self.provider,
+            Dimension::Deployment => self.deployment,
+            Dimension::Status => return DimValue::Status(self.status),
+        };
+        DimValue::Text(text.unwrap_or(""))
+    }
+}
+
+/// A rollup series' value, made text only when it is written.
+#[derive(PartialEq, Eq, Hash)]
+pub(crate) enum DimValue<'a> {
+    Text(&'a str),
+    Status(i64),
+}
+
+impl DimValue<'_> {
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            DimValue::Text(text) => std::borrow::Cow::Borrowed(text),
+            DimValue::Status(status) => std::borrow::Cow::Owned(status.to_string()),
+        }
+    }
+}
 
 #[derive(sqlx::FromRow)]
 struct RollupRow {
@@ -345,6 +426,23 @@ struct RollupRow {
 }
 
 impl RollupRow {
+    /// Reads the columns of [`ROLLUP_COLUMNS`], in order.
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<RollupRow> {
+        Ok(RollupRow {
+            value: row.get(0)?,
+            bucket_ms: row.get(1)?,
+            requests: row.get(2)?,
+            errors: row.get(3)?,
+            server_errors: row.get(4)?,
+            prompt_tokens: row.get(5)?,
+            completion_tokens: row.get(6)?,
+            cost_usd: row.get(7)?,
+            latency_ms_sum: row.get(8)?,
+            latency_hist: row.get(9)?,
+            ttft_hist: row.get(10)?,
+        })
+    }
+
     /// Adds this row to `total` (decoding histograms straight into it).
     fn merge_into(&self, total: &mut Aggregate) {
         let count = |n: i64| n.max(0) as u64;
@@ -466,130 +564,100 @@ impl Store {
     /// returns how many it folded. Runs in one write transaction with the watermark, so a
     /// crash leaves either all of a pass or none.
     pub async fn roll_up_request_logs(&self, max_rows: u32) -> Result<usize, StoreError> {
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let watermark = watermark(&mut transaction).await?;
-        let rows: Vec<RawRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{RAW_COLUMNS} WHERE seq > ? ORDER BY seq LIMIT ?"
-        )))
-        .bind(watermark)
-        .bind(i64::from(max_rows))
-        .fetch_all(&mut *transaction)
-        .await?;
-        let Some(last_seq) = rows.last().map(|row| row.seq) else {
-            return Ok(0);
-        };
-        fold(&mut transaction, &rows, last_seq).await?;
-        transaction.commit().await?;
-        Ok(rows.len())
+        self.on_log_connection(move |connection| roll_up(connection, max_rows))
+            .await
     }
 }
 
+fn roll_up(connection: &mut rusqlite::Connection, max_rows: u32) -> rusqlite::Result<usize> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let watermark = watermark(&transaction)?;
+    let rows = transaction
+        .prepare_cached(&format!(
+            "{RAW_COLUMNS} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))?
+        .query_map(rusqlite::params![watermark, max_rows], RawRow::from_sqlite)?
+        .collect::<rusqlite::Result<Vec<RawRow>>>()?;
+    let Some(last_seq) = rows.last().map(|row| row.seq) else {
+        return Ok(0);
+    };
+    apply(&transaction, deltas(rows.iter().map(Facts::from)), last_seq)?;
+    transaction.commit()?;
+    Ok(rows.len())
+}
+
 /// The rollup watermark: the last request-log seq folded into the rollups.
-pub(crate) async fn watermark(connection: &mut sqlx::SqliteConnection) -> Result<i64, StoreError> {
-    let (watermark,): (i64,) =
-        sqlx::query_as("SELECT value FROM analytics_state WHERE name = 'rolled_seq'")
-            .fetch_one(connection)
-            .await?;
-    Ok(watermark)
+pub(crate) fn watermark(connection: &rusqlite::Connection) -> rusqlite::Result<i64> {
+    connection
+        .prepare_cached("SELECT value FROM analytics_state WHERE name = 'rolled_seq'")?
+        .query_row([], |row| row.get(0))
 }
 
 /// Rollup changes keyed by dimension, value and hour.
-pub(crate) type Deltas = HashMap<(&'static str, String, i64), Aggregate>;
+pub(crate) type Deltas<'a> = HashMap<(&'static str, DimValue<'a>, i64), Aggregate>;
 
 /// What `rows` add to the rollups.
-pub(crate) fn deltas(rows: &[RawRow]) -> Deltas {
+pub(crate) fn deltas<'a>(rows: impl Iterator<Item = Facts<'a>>) -> Deltas<'a> {
     let mut deltas = Deltas::new();
     for row in rows {
         let hour = floor_to(row.created_at_ms, HOUR_MS);
         deltas
-            .entry(("", String::new(), hour))
+            .entry(("", DimValue::Text(""), hour))
             .or_default()
-            .add(row);
+            .add(&row);
         for dim in Dimension::ALL {
             deltas
                 .entry((dim.name(), row.value(dim), hour))
                 .or_default()
-                .add(row);
+                .add(&row);
         }
     }
     deltas
 }
 
-/// Adds `rows` (the request-log rows just above the watermark, up to `last_seq`) to the
-/// hourly rollups and moves the watermark to `last_seq`. Call inside a write transaction.
-pub(crate) async fn fold(
-    connection: &mut sqlx::SqliteConnection,
-    rows: &[RawRow],
+/// Writes `deltas` into the rollups (read, merge, replace) and moves the watermark to
+/// `last_seq`. Call inside a write transaction.
+pub(crate) fn apply(
+    connection: &rusqlite::Connection,
+    deltas: Deltas<'_>,
     last_seq: i64,
-) -> Result<(), StoreError> {
-    apply(connection, deltas(rows), last_seq).await
-}
-
-/// Writes `deltas` into the rollups (read, merge, replace) and moves the watermark.
-pub(crate) async fn apply(
-    connection: &mut sqlx::SqliteConnection,
-    deltas: Deltas,
-    last_seq: i64,
-) -> Result<(), StoreError> {
+) -> rusqlite::Result<()> {
+    let mut read = connection.prepare_cached(&format!(
+        "{ROLLUP_COLUMNS} WHERE dim = ?1 AND value = ?2 AND bucket_ms = ?3"
+    ))?;
+    let mut write = connection.prepare_cached(
+        "INSERT OR REPLACE INTO request_rollups (dim, value, bucket_ms, requests, errors, \
+         server_errors, prompt_tokens, completion_tokens, cost_usd, latency_ms_sum, \
+         latency_hist, ttft_hist) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?;
     for ((dim, value, hour), delta) in deltas {
-        let existing: Option<RollupRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{ROLLUP_COLUMNS} WHERE dim = ? AND value = ? AND bucket_ms = ?"
-        )))
-        .bind(dim)
-        .bind(&value)
-        .bind(hour)
-        .fetch_optional(&mut *connection)
-        .await?;
+        let value = value.text();
         let mut total = delta;
-        if let Some(row) = existing {
-            row.merge_into(&mut total);
+        let mut existing = read.query(rusqlite::params![dim, value, hour])?;
+        if let Some(row) = existing.next()? {
+            RollupRow::from_sqlite(row)?.merge_into(&mut total);
         }
-        sqlx::query(
-            "INSERT OR REPLACE INTO request_rollups (dim, value, bucket_ms, requests, errors, \
-             server_errors, prompt_tokens, completion_tokens, cost_usd, latency_ms_sum, \
-             latency_hist, ttft_hist) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(dim)
-        .bind(&value)
-        .bind(hour)
-        .bind(total.requests as i64)
-        .bind(total.errors as i64)
-        .bind(total.server_errors as i64)
-        .bind(total.prompt_tokens as i64)
-        .bind(total.completion_tokens as i64)
-        .bind(total.cost_usd)
-        .bind(total.latency_ms_sum)
-        .bind(total.latency.encode())
-        .bind(total.ttft.encode())
-        .execute(&mut *connection)
-        .await?;
+        drop(existing);
+        write.execute(rusqlite::params![
+            dim,
+            value,
+            hour,
+            total.requests as i64,
+            total.errors as i64,
+            total.server_errors as i64,
+            total.prompt_tokens as i64,
+            total.completion_tokens as i64,
+            total.cost_usd,
+            total.latency_ms_sum,
+            total.latency.encode(),
+            total.ttft.encode(),
+        ])?;
     }
-    sqlx::query("UPDATE analytics_state SET value = ? WHERE name = 'rolled_seq'")
-        .bind(last_seq)
-        .execute(&mut *connection)
-        .await?;
+    connection
+        .prepare_cached("UPDATE analytics_state SET value = ?1 WHERE name = 'rolled_seq'")?
+        .execute([last_seq])?;
     Ok(())
-}
-
-impl RawRow {
-    /// The analytics view of a row about to be written as `seq`.
-    pub(crate) fn of(row: &crate::RequestLogRow, seq: i64) -> RawRow {
-        RawRow {
-            seq,
-            created_at_ms: row.created_at_ms,
-            key_id: row.key_id.clone(),
-            team: row.team.clone(),
-            model: row.model.clone(),
-            provider: row.provider.clone(),
-            deployment: row.deployment.clone(),
-            status: row.status,
-            latency_ms: row.latency_ms,
-            ttft_ms: row.ttft_ms,
-            prompt_tokens: row.prompt_tokens,
-            completion_tokens: row.completion_tokens,
-            cost_usd: row.cost_usd,
-        }
-    }
 }
 
 fn group_key(grouping: Grouping, created_ms: i64, value: impl FnOnce() -> String) -> GroupKey {
@@ -653,11 +721,14 @@ async fn scan_raw(
     }
     let mut rows = query.build_query_as::<RawRow>().fetch(connection);
     while let Some(row) = rows.try_next().await? {
+        let facts = Facts::from(&row);
         let key = match grouping {
-            Grouping::By(dim) => group_key(grouping, row.created_at_ms, || row.value(dim)),
-            _ => group_key(grouping, row.created_at_ms, String::new),
+            Grouping::By(dim) => group_key(grouping, facts.created_at_ms, || {
+                facts.value(dim).text().into_owned()
+            }),
+            _ => group_key(grouping, facts.created_at_ms, String::new),
         };
-        groups.entry(key).or_default().add(&row);
+        groups.entry(key).or_default().add(&facts);
     }
     Ok(())
 }

@@ -10,14 +10,16 @@ mod analytics;
 mod audit;
 mod errors;
 mod keys;
+mod log_connection;
 mod log_writer;
 mod request_log;
 mod secrets;
 mod spill;
 mod upkeep;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::sqlite::{
@@ -60,6 +62,14 @@ pub enum StoreError {
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("database query failed")]
     Query(#[from] sqlx::Error),
+    #[error(
+        "in-memory SQLite databases are not supported: the request-log writer needs its own connection to the same database; use a file (sqlite://PATH)"
+    )]
+    InMemory,
+    #[error("database write failed")]
+    Write(#[source] rusqlite::Error),
+    #[error("a database task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// The database behind every repository.
@@ -68,6 +78,8 @@ pub struct Store {
     pool: SqlitePool,
     /// For readiness probes, which use a connection of their own (see `check_writable`).
     probe_options: SqliteConnectOptions,
+    /// The request log's writer connection.
+    log: Arc<log_connection::LogConnection>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -82,10 +94,12 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
         let file = path.split('?').next().unwrap_or(path);
-        if file != ":memory:"
-            && let Some(parent) = Path::new(file)
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
+        if file == ":memory:" || path.contains("mode=memory") {
+            return Err(StoreError::InMemory);
+        }
+        if let Some(parent) = Path::new(file)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
         {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
                 path: parent.display().to_string(),
@@ -116,9 +130,14 @@ impl Store {
             .run(&pool)
             .await
             .map_err(StoreError::Migrate)?;
+        let log = log_connection::LogConnection::new(
+            PathBuf::from(probe_options.get_filename()),
+            Duration::from_secs(5),
+        );
         Ok(Store {
             pool,
             probe_options,
+            log: Arc::new(log),
         })
     }
 
@@ -136,6 +155,18 @@ impl Store {
         sqlx::query("ROLLBACK").execute(&mut connection).await?;
         connection.close().await?;
         Ok(())
+    }
+
+    /// Runs `work` on the request log's writer connection, on a blocking thread.
+    pub(crate) async fn on_log_connection<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.with(work))
+            .await
+            .map_err(StoreError::Task)?
+            .map_err(StoreError::Write)
     }
 
     pub async fn close(&self) {

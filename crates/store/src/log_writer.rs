@@ -251,19 +251,20 @@ async fn run(
                     continue;
                 }
             };
-            let write = store.insert_request_logs(&rows);
-            match while_writing(write, &shared, spill.as_mut()).await {
+            let count = rows.len();
+            let write = store.write_request_logs(rows);
+            match while_writing(write, &shared, spill.as_mut()).await.1 {
                 Ok(()) => {
                     if let Some(spilled) = spill.as_mut() {
                         spilled.remove(&path);
                     }
-                    metrics::counter!(names::LOG_ROWS_REPLAYED).increment(rows.len() as u64);
-                    metrics::counter!(names::LOG_ROWS_WRITTEN).increment(rows.len() as u64);
+                    metrics::counter!(names::LOG_ROWS_REPLAYED).increment(count as u64);
+                    metrics::counter!(names::LOG_ROWS_WRITTEN).increment(count as u64);
                     if bad > 0 {
                         metrics::counter!(names::LOG_ROWS_DROPPED).increment(bad as u64);
                     }
                     tracing::info!(
-                        rows = rows.len(),
+                        rows = count,
                         unreadable = bad,
                         "Spilled request-log rows written."
                     );
@@ -304,11 +305,16 @@ async fn run(
             continue;
         }
         let take = pending.len().min(config.batch_size);
-        // Written from the buffer itself: no copy of the rows.
-        let batch = &pending.make_contiguous()[..take];
-        match while_writing(store.insert_request_logs(batch), &shared, spill.as_mut()).await {
+        // The rows move to the writing thread (no copy) and come back only if the write fails;
+        // meanwhile they still count as held.
+        let batch: Vec<RequestLogRow> = pending.drain(..take).collect();
+        let (unwritten, result) =
+            while_writing(store.write_request_logs(batch), &shared, spill.as_mut()).await;
+        for row in unwritten.into_iter().rev() {
+            pending.push_front(row);
+        }
+        match result {
             Ok(()) => {
-                pending.drain(..take);
                 shared.held.store(pending.len(), Ordering::Relaxed);
                 // A stall (a slow commit, an outage) can grow the buffer to `buffer_rows`;
                 // give that memory back once it has drained.

@@ -82,88 +82,34 @@ macro_rules! columns {
     };
 }
 
-/// Rows per insert statement, largest first (22 binds a row; SQLite allows 32,766).
-const BATCH_SIZES: [usize; 4] = [256, 32, 4, 1];
-
 impl Store {
     /// Writes a batch in one transaction: all rows or none.
     pub async fn insert_request_logs(&self, rows: &[RequestLogRow]) -> Result<(), StoreError> {
+        self.write_request_logs(rows.to_vec()).await.1
+    }
+
+    /// [`insert_request_logs`](Self::insert_request_logs) taking the rows: on success they
+    /// are freed on the writing thread and an empty vector comes back; on failure they come
+    /// back unchanged, to be retried.
+    pub(crate) async fn write_request_logs(
+        &self,
+        rows: Vec<RequestLogRow>,
+    ) -> (Vec<RequestLogRow>, Result<(), StoreError>) {
         if rows.is_empty() {
-            return Ok(());
+            return (rows, Ok(()));
         }
-        let mut transaction = self.pool.begin().await?;
-        let mut rest = rows;
-        let mut last_seq = 0;
-        while !rest.is_empty() {
-            // sqlx caches a prepared statement per distinct SQL text and connection, and the
-            // text depends on the row count. Batches come in every size under light load, and
-            // caching one statement per size grew memory without bound (a 500-row statement
-            // is ~100 kB); not caching them cost a costly re-prepare per batch. So batches are
-            // cut into a few fixed sizes, each prepared once per connection.
-            let size = BATCH_SIZES
-                .iter()
-                .copied()
-                .find(|size| *size <= rest.len())
-                .unwrap_or(1);
-            let (chunk, tail) = rest.split_at(size);
-            rest = tail;
-            let mut builder = QueryBuilder::new(
-                "INSERT INTO request_logs (request_id, created_at_ms, key_id, team, endpoint, model, provider, \
-                 upstream_model, stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, \
-                 cached_tokens, usage_estimated, cost_usd, deployment, attempts, retries, \
-                 fallback_path, error) ",
-            );
-            builder.push_values(chunk, |mut values, row| {
-                values
-                    .push_bind(&row.request_id)
-                    .push_bind(row.created_at_ms)
-                    .push_bind(&row.key_id)
-                    .push_bind(&row.team)
-                    .push_bind(&row.endpoint)
-                    .push_bind(&row.model)
-                    .push_bind(&row.provider)
-                    .push_bind(&row.upstream_model)
-                    .push_bind(row.stream)
-                    .push_bind(row.status)
-                    .push_bind(row.latency_ms)
-                    .push_bind(row.ttft_ms)
-                    .push_bind(row.prompt_tokens)
-                    .push_bind(row.completion_tokens)
-                    .push_bind(row.cached_tokens)
-                    .push_bind(row.usage_estimated)
-                    .push_bind(row.cost_usd)
-                    .push_bind(&row.deployment)
-                    .push_bind(row.attempts)
-                    .push_bind(row.retries)
-                    .push_bind(&row.fallback_path)
-                    .push_bind(&row.error);
-            });
-            last_seq = builder
-                .build()
-                .execute(&mut *transaction)
-                .await?
-                .last_insert_rowid();
-        }
-        // The rows took the seqs up to `last_seq` (one writer; the transaction holds the
-        // write lock). When the rollups are caught up to just below them and the batch is
-        // alike enough that its rollup changes are few (a read and a write each), fold it in
-        // now from memory; otherwise the periodic roll-up reads it back with many more rows
-        // per rollup change.
-        let first_seq = last_seq - rows.len() as i64 + 1;
-        if rows.len() >= 64 && crate::analytics::watermark(&mut transaction).await? == first_seq - 1
-        {
-            let raw: Vec<crate::analytics::RawRow> = rows
-                .iter()
-                .zip(first_seq..)
-                .map(|(row, seq)| crate::analytics::RawRow::of(row, seq))
-                .collect();
-            let deltas = crate::analytics::deltas(&raw);
-            if deltas.len() * 16 <= rows.len() {
-                crate::analytics::apply(&mut transaction, deltas, last_seq).await?;
+        let log = self.log.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let result = log.with(|connection| crate::log_connection::write(connection, &rows));
+            match result {
+                Ok(()) => (Vec::new(), Ok(())),
+                Err(error) => (rows, Err(StoreError::Write(error))),
             }
-        }
-        transaction.commit().await?;
-        Ok(())
+        })
+        .await;
+        // The closure does not panic on data it is given; a join error means the runtime is
+        // shutting down, and the rows are lost with it.
+        written.unwrap_or_else(|error| (Vec::new(), Err(StoreError::Task(error))))
     }
 
     pub async fn list_request_logs(&self, query: LogQuery) -> Result<LogPage, StoreError> {

@@ -71,19 +71,21 @@ fn expected(
 ) -> Vec<(GroupKey, Aggregate)> {
     let mut groups: BTreeMap<GroupKey, Aggregate> = BTreeMap::new();
     for row in rows {
-        let raw = RawRow::of(row, 0);
-        let inside = raw.created_at_ms >= filter.from_ms
-            && raw.created_at_ms < filter.to_ms
+        let facts = Facts::from(row);
+        let inside = facts.created_at_ms >= filter.from_ms
+            && facts.created_at_ms < filter.to_ms
             && filter
                 .equals
                 .iter()
-                .all(|(dim, value)| raw.value(*dim) == *value);
+                .all(|(dim, value)| facts.value(*dim).text() == value.as_str());
         if inside {
             let key = match grouping {
-                Grouping::By(dim) => group_key(grouping, raw.created_at_ms, || raw.value(dim)),
-                _ => group_key(grouping, raw.created_at_ms, String::new),
+                Grouping::By(dim) => group_key(grouping, facts.created_at_ms, || {
+                    facts.value(dim).text().into_owned()
+                }),
+                _ => group_key(grouping, facts.created_at_ms, String::new),
             };
-            groups.entry(key).or_default().add(&raw);
+            groups.entry(key).or_default().add(&facts);
         }
     }
     groups.into_iter().collect()
