@@ -181,3 +181,93 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_memory_databases_are_refused_with_a_reason() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://file?mode=memory",
+        ] {
+            let error = Store::connect(url).await.err().expect(url);
+            assert!(matches!(error, StoreError::InMemory), "{url}: {error}");
+            assert!(error.to_string().contains("sqlite://PATH"));
+        }
+    }
+
+    #[tokio::test]
+    async fn log_rows_written_through_the_writer_connection_are_read_back_through_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = Store::connect(&url).await.unwrap();
+        let rows: Vec<RequestLogRow> = (0..300)
+            .map(|i| RequestLogRow {
+                seq: 0,
+                request_id: format!("r{i}"),
+                created_at_ms: 1_000 + i,
+                key_id: Some("k".into()),
+                team: None,
+                endpoint: "/v1/chat/completions".into(),
+                model: Some("m".into()),
+                provider: Some("p".into()),
+                upstream_model: None,
+                stream: i % 2 == 0,
+                status: 200,
+                latency_ms: 1.5,
+                ttft_ms: None,
+                prompt_tokens: Some(i),
+                completion_tokens: Some(1),
+                cached_tokens: None,
+                usage_estimated: false,
+                cost_usd: Some(0.25),
+                deployment: None,
+                attempts: 1,
+                retries: 0,
+                fallback_path: None,
+                error: (i == 7).then(|| "boom".to_owned()),
+            })
+            .collect();
+        store.insert_request_logs(&rows).await.unwrap();
+        assert_eq!(store.count_request_logs().await.unwrap(), 300);
+        let page = store
+            .list_request_logs(LogQuery {
+                limit: 1_000,
+                ..LogQuery::default()
+            })
+            .await
+            .unwrap();
+        let mut read: Vec<RequestLogRow> = page.data;
+        read.reverse();
+        for (written, read) in rows.iter().zip(&read) {
+            assert!(read.seq > 0);
+            assert_eq!(
+                &RequestLogRow {
+                    seq: 0,
+                    ..read.clone()
+                },
+                written
+            );
+        }
+        // While another process holds the database locked, a batch comes back whole and
+        // nothing of it is stored; once the lock is gone the same batch goes in.
+        let mut store = store;
+        store.log = Arc::new(log_connection::LogConnection::new(
+            dir.path().join("t.db"),
+            Duration::from_millis(50),
+        ));
+        let blocker = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let (returned, result) = store.write_request_logs(rows[..3].to_vec()).await;
+        assert!(matches!(result, Err(StoreError::Write(_))), "{result:?}");
+        assert_eq!(returned, rows[..3]);
+        blocker.execute_batch("ROLLBACK").unwrap();
+        let (returned, result) = store.write_request_logs(returned).await;
+        result.unwrap();
+        assert!(returned.is_empty());
+        assert_eq!(store.count_request_logs().await.unwrap(), 303);
+    }
+}
