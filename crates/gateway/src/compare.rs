@@ -290,7 +290,7 @@ async fn run_leg(
             .get::<Exchange>()
             .cloned()
             .unwrap_or_default();
-        gateway.record(&context, response.status().as_u16(), &exchange);
+        gateway.record(&context, response.status().as_u16(), exchange);
     }
     let mut outcome = Outcome {
         model,

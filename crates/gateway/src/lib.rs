@@ -327,7 +327,7 @@ impl Gateway {
     }
 
     /// Metrics and the request-log row for one finished data-plane request.
-    fn record(&self, context: &RequestContext, status: u16, exchange: &Exchange) {
+    fn record(&self, context: &RequestContext, status: u16, exchange: Exchange) {
         let total = context.started.elapsed();
         if let Some(reservation) = &exchange.reservation {
             let used = exchange
@@ -348,7 +348,7 @@ impl Gateway {
         // Only configured names become labels (see `Route::label`).
         let provider = exchange.provider.as_deref().unwrap_or("");
         let endpoint = context.endpoint;
-        let handles = self.handles(endpoint, exchange, status_label);
+        let handles = self.handles(endpoint, &exchange, status_label);
         handles.requests.increment(1);
         handles.duration.record(total.as_secs_f64());
         if let Some(routed) = &handles.routed {
@@ -388,7 +388,7 @@ impl Gateway {
             alerts.observe(deployment, status, total.as_secs_f64() * 1e3);
         }
         if let Some(reporter) = &self.reporter
-            && let Some(report) = errors::request_failure(context, status, exchange)
+            && let Some(report) = errors::request_failure(context, status, &exchange)
         {
             reporter.report(report);
         }
@@ -399,10 +399,10 @@ impl Gateway {
                 seq: 0,
                 request_id: context.id.to_string(),
                 created_at_ms: context.started_at_ms,
-                key_id: exchange.key_id.clone(),
+                key_id: exchange.key_id,
                 team: exchange.key.as_ref().and_then(|key| key.team.clone()),
                 endpoint: endpoint.to_owned(),
-                model: exchange.model.clone(),
+                model: exchange.model,
                 provider: exchange.provider.as_deref().map(str::to_owned),
                 upstream_model: exchange.upstream_model.as_deref().map(str::to_owned),
                 stream: exchange.stream,
@@ -420,11 +420,13 @@ impl Gateway {
                 deployment: exchange.deployment.as_deref().map(str::to_owned),
                 attempts: i64::from(exchange.attempts),
                 retries: i64::from(exchange.retries),
-                fallback_path: exchange.fallback_path.clone(),
+                fallback_path: exchange.fallback_path,
                 error: exchange
                     .error
-                    .as_deref()
-                    .map(|error| atalaya_security::mask::mask(error).into_owned()),
+                    .map(|error| match atalaya_security::mask::mask(&error) {
+                        std::borrow::Cow::Borrowed(_) => error,
+                        std::borrow::Cow::Owned(masked) => masked,
+                    }),
             };
             if watched {
                 self.events.publish("request", &row);
@@ -938,10 +940,11 @@ async fn data_plane(
     if response.extensions().get::<Deferred>().is_some() {
         return response;
     }
+    let mut response = response;
+    // Taken, not cloned: nothing reads it once the request is recorded.
     let mut exchange = response
-        .extensions()
-        .get::<Exchange>()
-        .cloned()
+        .extensions_mut()
+        .remove::<Exchange>()
         .unwrap_or_default();
     if exchange.error.is_none()
         && let Some(note) = response.extensions().get::<ErrorNote>()
@@ -949,7 +952,7 @@ async fn data_plane(
         exchange.error = Some(note.text.clone());
         exchange.error_source = Some((note.code, note.location));
     }
-    gateway.record(&context, response.status().as_u16(), &exchange);
+    gateway.record(&context, response.status().as_u16(), exchange);
     response
 }
 
@@ -967,7 +970,7 @@ impl Drop for AbandonGuard {
                 ..Exchange::default()
             };
             self.gateway
-                .record(&context, relay::CLIENT_CLOSED, &exchange);
+                .record(&context, relay::CLIENT_CLOSED, exchange);
         }
     }
 }

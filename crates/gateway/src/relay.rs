@@ -338,7 +338,7 @@ impl Relay {
         }
         record
             .gateway
-            .record(&record.context, status, &record.exchange);
+            .record(&record.context, status, record.exchange);
     }
 
     fn exchange(&mut self) -> Option<&mut Exchange> {
