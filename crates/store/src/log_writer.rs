@@ -307,14 +307,21 @@ async fn run(
         let take = pending.len().min(config.batch_size);
         // The rows move to the writing thread (no copy) and come back only if the write fails;
         // meanwhile they still count as held.
-        let batch: Vec<RequestLogRow> = pending.drain(..take).collect();
+        let batch: Vec<RequestLogRow> = if take == pending.len() {
+            // The common case: the whole buffer is the batch, and hands over its allocation.
+            std::mem::take(&mut pending).into()
+        } else {
+            pending.drain(..take).collect()
+        };
         let (unwritten, result) =
             while_writing(store.write_request_logs(batch), &shared, spill.as_mut()).await;
-        for row in unwritten.into_iter().rev() {
-            pending.push_front(row);
-        }
         match result {
             Ok(()) => {
+                // Written rows come back as an empty vector with its capacity: the next
+                // hand-over from the handlers' queue reuses it.
+                if spare.capacity() < unwritten.capacity() {
+                    spare = unwritten;
+                }
                 shared.held.store(pending.len(), Ordering::Relaxed);
                 // A stall (a slow commit, an outage) can grow the buffer to `buffer_rows`;
                 // give that memory back once it has drained.
@@ -330,6 +337,9 @@ async fn run(
                 flush_at = next_attempt + config.flush_interval;
             }
             Err(error) => {
+                for row in unwritten.into_iter().rev() {
+                    pending.push_front(row);
+                }
                 metrics::counter!(names::LOG_WRITE_ERRORS).increment(1);
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());
@@ -427,6 +437,10 @@ fn take_queue(
     pending: &mut VecDeque<RequestLogRow>,
     capacity: usize,
 ) {
+    // The queue gets `spare`'s allocation: handlers must not grow it from nothing.
+    if spare.capacity() == 0 {
+        spare.reserve(shared.batch_size);
+    }
     if let Ok(mut queue) = shared.queue.lock() {
         std::mem::swap(&mut *queue, spare);
     }
@@ -435,7 +449,12 @@ fn take_queue(
         metrics::counter!(names::LOG_ROWS_DROPPED).increment((spare.len() - room) as u64);
         spare.truncate(room);
     }
-    pending.extend(spare.drain(..));
+    if pending.is_empty() {
+        // Taken whole, allocation and all: no row is moved.
+        *pending = std::mem::take(spare).into();
+    } else {
+        pending.extend(spare.drain(..));
+    }
 }
 
 pub(crate) use atalaya_telemetry::error_chain;

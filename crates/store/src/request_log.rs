@@ -89,8 +89,8 @@ impl Store {
     }
 
     /// [`insert_request_logs`](Self::insert_request_logs) taking the rows: on success they
-    /// are freed on the writing thread and an empty vector comes back; on failure they come
-    /// back unchanged, to be retried.
+    /// are freed on the writing thread and the emptied vector comes back (its capacity kept
+    /// for reuse); on failure they come back unchanged, to be retried.
     pub(crate) async fn write_request_logs(
         &self,
         rows: Vec<RequestLogRow>,
@@ -100,9 +100,12 @@ impl Store {
         }
         let log = self.log.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let result = log.with(|connection| crate::log_connection::write(connection, &rows));
-            match result {
-                Ok(()) => (Vec::new(), Ok(())),
+            let mut rows = rows;
+            match log.with(|connection| crate::log_connection::write(connection, &rows)) {
+                Ok(()) => {
+                    rows.clear();
+                    (rows, Ok(()))
+                }
                 Err(error) => (rows, Err(StoreError::Write(error))),
             }
         })
