@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Request-log pipeline benchmark: the gateway under load with the request log on and off,
 # runs alternated (on, off, on, off, ...) to spread the machine's noise. Reports RPS and
-# p50/p99 of each run, the RPS cost of logging (target: under 5 %), and the sustained rate at
-# which rows reached SQLite during the "on" runs, with rows pending and dropped.
+# p50/p99 of each run, the RPS cost of logging (target: under 5 %), the gateway's CPU time per
+# request on and off (steadier than RPS on a shared machine), and the sustained rate at which
+# rows reached SQLite during the "on" runs, with rows pending and dropped.
 #
 #   bench/logging/run.sh                  # defaults: 15 s runs, 3 pairs, 32 connections, 20 keys
 #   DURATION=30 PAIRS=5 CONNECTIONS=64 KEYS=1 bench/logging/run.sh
@@ -42,32 +43,37 @@ start_gateway() { # name enabled -> sets port and pid
   pid=$!; pids+=($pid)
   wait_port "$port"
 }
-start_gateway on true; on_port=$port; on_keys=$(create_keys "$on_port" "$gateway_key" "$key_count" 4)
-start_gateway off false; off_port=$port; off_keys=$(create_keys "$off_port" "$gateway_key" "$key_count" 4)
+start_gateway on true; on_port=$port; on_pid=$pid; on_keys=$(create_keys "$on_port" "$gateway_key" "$key_count" 4)
+start_gateway off false; off_port=$port; off_pid=$pid; off_keys=$(create_keys "$off_port" "$gateway_key" "$key_count" 4)
 sleep 0.5
 
+# CPU time of a process, in clock ticks (user + system, all threads).
+cpu_ticks() { local f; read -r -a f < /proc/"$1"/stat; echo $((f[13] + f[14])); }
+hz=$(getconf CLK_TCK)
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v name="$2" '$1 == name {print $2}'; }
 results=$work/results.txt
 : > "$results"
-run() { # name port keys
-  local name=$1 port=$2 url="http://127.0.0.1:$2/v1/chat/completions"
+run() { # name port keys pid
+  local name=$1 port=$2 url="http://127.0.0.1:$2/v1/chat/completions" pid=$4
   export BENCH_KEYS=$3
   BENCH_BODY_FILE=$root/bench/gateway/chat.json BENCH_KEY=$gateway_key \
     wrk -t1 -c"$conns" -d2s -s "$root/bench/gateway/post.lua" "$url" >/dev/null 2>&1 || true
   local written_before; written_before=$(metric "$port" atalaya_request_log_rows_written_total)
-  local line
+  local line ticks_before ticks_after
+  ticks_before=$(cpu_ticks "$pid")
   line=$(BENCH_BODY_FILE=$root/bench/gateway/chat.json BENCH_KEY=$gateway_key \
     wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s -s "$root/bench/gateway/post.lua" "$url" | grep '^BENCH')
+  ticks_after=$(cpu_ticks "$pid")
   # Rows still buffered at the end of the run are written within a flush interval or two.
   sleep 1
   local written_after; written_after=$(metric "$port" atalaya_request_log_rows_written_total)
   local pending; pending=$(metric "$port" atalaya_request_log_rows_pending)
   local dropped; dropped=$(metric "$port" atalaya_request_log_rows_dropped_total)
-  echo "$name $line written=$(( ${written_after:-0} - ${written_before:-0} )) pending=${pending:-0} dropped=${dropped:-0}" | tee -a "$results"
+  echo "$name $line written=$(( ${written_after:-0} - ${written_before:-0} )) pending=${pending:-0} dropped=${dropped:-0} cpu_ticks=$((ticks_after - ticks_before)) hz=$hz" | tee -a "$results"
 }
 for _ in $(seq "$pairs"); do
-  run on "$on_port" "$on_keys"
-  run off "$off_port" "$off_keys"
+  run on "$on_port" "$on_keys" "$on_pid"
+  run off "$off_port" "$off_keys" "$off_pid"
 done
 rows=$(sqlite3 "$work/on/data/atalaya.db" 'SELECT COUNT(*) FROM request_logs' 2>/dev/null || echo "?")
 
@@ -79,18 +85,24 @@ for line in open(sys.argv[1]):
     runs[name].append({k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)})
 duration = float(sys.argv[2])
 print()
-print(f"{'run':<6}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/s':>10}{'pending':>9}{'dropped':>9}")
+print(f"{'run':<6}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/s':>10}{'pending':>9}{'dropped':>9}{'cpu us/req':>12}")
+def cpu_us(r):
+    return r["cpu_ticks"] / r["hz"] * 1e6 / max(r["requests"], 1)
 for name in ("on", "off"):
     for r in runs[name]:
         rows_per_s = r["written"] / duration if name == "on" else 0
         errors = r["errors"] + r["non2xx"]
-        print(f"{name:<6}{r['rps']:>9.0f}{r['p50'] / 1000:>9.2f}{r['p99'] / 1000:>9.2f}{errors:>8.0f}{rows_per_s:>10.0f}{r['pending']:>9.0f}{r['dropped']:>9.0f}")
+        print(f"{name:<6}{r['rps']:>9.0f}{r['p50'] / 1000:>9.2f}{r['p99'] / 1000:>9.2f}{errors:>8.0f}{rows_per_s:>10.0f}{r['pending']:>9.0f}{r['dropped']:>9.0f}{cpu_us(r):>12.1f}")
 on = statistics.median(r["rps"] for r in runs["on"])
 off = statistics.median(r["rps"] for r in runs["off"])
 written = sum(r["written"] for r in runs["on"])
 requests = sum(r["requests"] for r in runs["on"])
 print()
 print(f"median rps: logging on {on:.0f}, off {off:.0f}; logging costs {(1 - on / off) * 100:.1f} % of RPS (target < 5 %)")
+cpu_on = statistics.median(cpu_us(r) for r in runs["on"])
+cpu_off = statistics.median(cpu_us(r) for r in runs["off"])
+print(f"median gateway CPU per request (all threads): on {cpu_on:.1f} us, off {cpu_off:.1f} us; "
+      f"logging adds {cpu_on - cpu_off:.1f} us ({(cpu_on / cpu_off - 1) * 100:.1f} % of the gateway's CPU)")
 print(f"rows written during 'on' runs: {written:.0f} of {requests:.0f} requests measured "
       f"(+ warm-ups), {written / (duration * len(runs['on'])):.0f} rows/s sustained; rows in the database: {sys.argv[3]}")
 PY
