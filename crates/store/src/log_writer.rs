@@ -337,6 +337,12 @@ async fn run(
                 flush_at = next_attempt + config.flush_interval;
             }
             Err(error) => {
+                // Rows come back from a failed write; only a write task that died keeps them.
+                let lost = take - unwritten.len();
+                if lost > 0 {
+                    tracing::error!(rows = lost, error = %error_chain(&error), "Request-log rows were lost with a failed write task.");
+                    metrics::counter!(names::LOG_ROWS_DROPPED).increment(lost as u64);
+                }
                 for row in unwritten.into_iter().rev() {
                     pending.push_front(row);
                 }
