@@ -916,7 +916,7 @@ async fn data_plane(
         gateway: gateway.clone(),
         context: Some(context),
     };
-    let response = match auth::authenticate(request.headers(), &gateway.keys).await {
+    let mut response = match auth::authenticate(request.headers(), &gateway.keys).await {
         Ok(principal) if principal.role().allows(auth::Permission::CallModels) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
@@ -940,7 +940,6 @@ async fn data_plane(
     if response.extensions().get::<Deferred>().is_some() {
         return response;
     }
-    let mut response = response;
     // Taken, not cloned: nothing reads it once the request is recorded.
     let mut exchange = response
         .extensions_mut()

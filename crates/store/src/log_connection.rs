@@ -1,10 +1,11 @@
 //! The request log's own SQLite connection.
 //!
-//! Every data-plane request becomes a row, so this is the hottest write the store makes. Through
-//! sqlx each batch built a multi-row statement with an argument vector (every string copied)
-//! and handed it to sqlx's worker thread; here a few cached prepared statements (64, 8 and 1 rows) are
-//! stepped inside the batch's transaction, on a blocking thread, straight from the rows. Measured
-//! on the gateway under load: logging cost 11.5 % of RPS through sqlx (bench/logging).
+//! Every data-plane request becomes a row, so this is the hottest write the store makes.
+//! Through sqlx each batch built a multi-row statement with an argument vector (every string
+//! copied) and handed it to sqlx's worker thread; here a few cached prepared statements (64, 8
+//! and 1 rows) are stepped inside the batch's transaction, on a blocking thread, straight from
+//! the rows. Measured on the gateway under load: logging cost 11.6 % of RPS through sqlx and
+//! 4.8–9.7 % this way (bench/logging/RESULTS.md).
 //!
 //! The connection is opened on first use and dropped after any error, so the next attempt
 //! starts from a fresh one (a database file replaced or unlocked meanwhile is seen as it is).
@@ -27,18 +28,14 @@ const COLUMNS: usize = 22;
 /// AUTOINCREMENT key writes `sqlite_sequence` once per statement, not per row.
 const STATEMENT_ROWS: [usize; 3] = [64, 8, 1];
 
-/// The insert statement for `rows` rows.
-fn insert_sql(rows: usize) -> &'static str {
+/// The insert statement for `STATEMENT_ROWS[index]` rows.
+fn insert_sql(index: usize) -> &'static str {
     static SQL: LazyLock<[String; 3]> = LazyLock::new(|| {
         STATEMENT_ROWS.map(|rows| {
             let one = format!("({})", vec!["?"; COLUMNS].join(", "));
             format!("{INSERT_COLUMNS}{}", vec![one; rows].join(", "))
         })
     });
-    let index = STATEMENT_ROWS
-        .iter()
-        .position(|size| *size == rows)
-        .unwrap_or(STATEMENT_ROWS.len() - 1);
     &SQL[index]
 }
 
@@ -99,14 +96,14 @@ pub(crate) fn write(connection: &mut Connection, rows: &[RequestLogRow]) -> rusq
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut rest = rows;
     while !rest.is_empty() {
-        let size = STATEMENT_ROWS
+        // The last size is 1, so some size always fits.
+        let index = STATEMENT_ROWS
             .iter()
-            .copied()
-            .find(|size| *size <= rest.len())
-            .unwrap_or(1);
-        let (chunk, tail) = rest.split_at(size);
+            .position(|size| *size <= rest.len())
+            .unwrap_or(STATEMENT_ROWS.len() - 1);
+        let (chunk, tail) = rest.split_at(STATEMENT_ROWS[index]);
         rest = tail;
-        let mut insert = transaction.prepare_cached(insert_sql(size))?;
+        let mut insert = transaction.prepare_cached(insert_sql(index))?;
         for (at, row) in chunk.iter().enumerate() {
             let first = at * COLUMNS + 1;
             let values: [&dyn ToSql; COLUMNS] = [
