@@ -144,9 +144,11 @@ impl Budgets {
         {
             return Ok(spend.spent);
         }
+        // Boxed: read once a period, and a store query's future is kilobytes that every
+        // request's future would otherwise carry (see `inbound` on memory per request).
         let from_log = match scope.split_once(':') {
-            Some(("key", id)) => self.store.key_spend(id, start).await,
-            Some(("team", team)) => self.store.team_spend(team, start).await,
+            Some(("key", id)) => Box::pin(self.store.key_spend(id, start)).await,
+            Some(("team", team)) => Box::pin(self.store.team_spend(team, start)).await,
             _ => Ok(0.0),
         }
         .map_err(|error| {

@@ -12,7 +12,6 @@ use atalaya_translate::sse;
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
@@ -21,6 +20,7 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
+use crate::inbound::Owned;
 use crate::{ClientFormat, Deferred, Exchange, Gateway, Principal, RequestContext, Usage, v1};
 
 /// Most models one comparison may run.
@@ -105,8 +105,7 @@ pub(crate) async fn compare(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
     Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Owned { headers, body }: Owned,
 ) -> Response {
     let asked = match body
         .map_err(|rejection| v1::body_error(rejection, gateway.max_body_bytes))

@@ -550,6 +550,8 @@ fn exhausted(
 const BUDGET_SPENT: &str = "retry budget spent";
 
 /// One call to one deployment, by whichever path fits the client's and provider's formats.
+/// The translated paths' futures, and reading a whole answer anywhere, are boxed: the
+/// largest arms would otherwise size every request's future, a waiting stream's included.
 async fn attempt(
     leg: &Leg<'_>,
     inbound: &Inbound<'_>,
@@ -591,12 +593,12 @@ async fn attempt(
             let mut canonical =
                 atalaya_translate::openai::decode_request(body, &upstream.target(drop))?;
             canonical.model = route.upstream_model.to_string();
-            chat::translated(leg, upstream, canonical, drop, exchange).await
+            Box::pin(chat::translated(leg, upstream, canonical, drop, exchange)).await
         }
         (Inbound::AnthropicChat { request, .. }, Adapter::Sim(settings)) => {
             let mut canonical = (*request).clone();
             canonical.model = route.upstream_model.to_string();
-            chat::sim_translated(leg, settings, canonical, exchange).await
+            Box::pin(chat::sim_translated(leg, settings, canonical, exchange)).await
         }
         (Inbound::AnthropicChat { body, request }, Adapter::Upstream(upstream))
             if upstream.kind == ProviderKind::Anthropic =>
@@ -611,7 +613,7 @@ async fn attempt(
                 atalaya_translate::anthropic::decode_request(body, &upstream.target(false))?
             };
             canonical.model = route.upstream_model.to_string();
-            chat::translated(leg, upstream, canonical, drop, exchange).await
+            Box::pin(chat::translated(leg, upstream, canonical, drop, exchange)).await
         }
         (Inbound::Embeddings { body, request }, _) => {
             crate::v1::embed_with(leg, body, request, exchange).await

@@ -25,6 +25,7 @@ mod errors;
 pub mod events;
 mod guardrails;
 pub mod health;
+mod inbound;
 mod limits;
 mod messages;
 mod openai;
@@ -261,14 +262,15 @@ impl Gateway {
             name: principal.name(),
             source_ip,
         };
-        self.auditor
-            .record(
-                &actor,
-                "auth.denied",
-                &target,
-                serde_json::json!({"needs": permission.as_str(), "role": principal.role().as_str()}),
-            )
-            .await;
+        // Boxed: rare, and the audit write's future would otherwise be carried by every
+        // request's middleware future.
+        Box::pin(self.auditor.record(
+            &actor,
+            "auth.denied",
+            &target,
+            serde_json::json!({"needs": permission.as_str(), "role": principal.role().as_str()}),
+        ))
+        .await;
         auth::denied(principal, permission)
     }
 

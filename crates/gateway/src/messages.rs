@@ -7,7 +7,6 @@ use atalaya_translate::{Target, anthropic};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use tokio::time::Instant;
@@ -15,6 +14,7 @@ use tokio::time::Instant;
 use crate::chat::{self, Leg, json};
 use crate::dispatch::{self, Inbound};
 use crate::error::ApiError;
+use crate::inbound::Owned;
 use crate::providers::{Call, SIM_PROVIDER, Upstream};
 use crate::relay::{Transcoder, sse_response};
 use crate::v1::{body_error, finish};
@@ -24,8 +24,7 @@ pub(crate) async fn create(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
     Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Owned { headers, body }: Owned,
 ) -> Response {
     let mut exchange = Exchange::for_caller(&principal);
     let result = match body {
@@ -101,8 +100,9 @@ pub(crate) async fn passthrough(
         .map_err(|failure| chat::upstream_failure(leg.route, failure, exchange))?;
     let notes = chat::rate_limit_notes(upstream.kind, response.headers());
     if !stream || !response.status().is_success() {
+        // Boxed, as in `v1::passthrough`: a stream's future need not carry room for it.
         let (status, headers, bytes) =
-            chat::read(leg, upstream, response, started, exchange).await?;
+            Box::pin(chat::read(leg, upstream, response, started, exchange)).await?;
         if !status.is_success() {
             return Err(chat::upstream_status_error(
                 leg.route,

@@ -16,6 +16,7 @@ use crate::chat::{self, Leg, json};
 use crate::config::ProviderKind;
 use crate::dispatch::{self, Inbound};
 use crate::error::ApiError;
+use crate::inbound::Owned;
 use crate::openai::{ChatRequest, EmbeddingRequest};
 use crate::providers::{Adapter, Call, SIM_EMBED_DIMENSIONS, SIM_EMBED_MODEL, Upstream};
 use crate::relay::{Transcoder, sse_response};
@@ -61,8 +62,7 @@ pub(crate) async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
     Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Owned { headers, body }: Owned,
 ) -> Response {
     let mut exchange = Exchange::for_caller(&principal);
     let result = match body {
@@ -124,7 +124,16 @@ pub(crate) async fn passthrough(
         .map_err(|failure| chat::upstream_failure(route, failure, exchange))?;
     let notes = chat::rate_limit_notes(upstream.kind, response.headers());
     if !request.stream || !response.status().is_success() {
-        let answer = complete(leg, upstream, response, upstream_started, exchange).await?;
+        // Boxed: a stream's future (held for its whole wait on the upstream) need not carry
+        // room for reading a whole answer.
+        let answer = Box::pin(complete(
+            leg,
+            upstream,
+            response,
+            upstream_started,
+            exchange,
+        ))
+        .await?;
         return Ok(chat::with_notes(answer, notes));
     }
     let _ = body;
@@ -179,8 +188,7 @@ pub(crate) async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
     Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Owned { headers, body }: Owned,
 ) -> Response {
     // Same shape as `chat_completions`; axum needs one handler per route.
     let mut exchange = Exchange::for_caller(&principal);
@@ -264,7 +272,7 @@ pub(crate) async fn embed_with(
                 )
                 .await
                 .map_err(|failure| chat::upstream_failure(route, failure, exchange))?;
-            complete(leg, upstream, response, upstream_started, exchange).await
+            Box::pin(complete(leg, upstream, response, upstream_started, exchange)).await
         }
         ProviderKind::Gemini | ProviderKind::Cohere => {
             let texts = request.texts()?;
@@ -282,7 +290,7 @@ pub(crate) async fn embed_with(
                 .await
                 .map_err(|failure| chat::upstream_failure(route, failure, exchange))?;
             let (status, headers, bytes) =
-                chat::read(leg, upstream, response, upstream_started, exchange).await?;
+                Box::pin(chat::read(leg, upstream, response, upstream_started, exchange)).await?;
             if !status.is_success() {
                 return Err(chat::upstream_status_error(
                     route,
