@@ -21,7 +21,8 @@ use tokio::time::Instant;
 use crate::config::{ProviderKind, SimSettings};
 use crate::dispatch::Lease;
 use crate::error::ApiError;
-use crate::providers::{Call, Route, SIM_CHAT_MODEL, Upstream, UpstreamFailure, error_chain};
+use crate::http_client::UpstreamResponse;
+use crate::providers::{Call, Route, SIM_CHAT_MODEL, Upstream, UpstreamFailure};
 use crate::relay::{self, Decoder, Encoder, Framing, Transcoder, Translator, UpstreamStream};
 use crate::{ClientFormat, Exchange, Gateway, RequestContext};
 
@@ -268,22 +269,18 @@ fn default_max_tokens(route: &Route) -> u32 {
         .unwrap_or(4_096)
 }
 
-pub(crate) fn upstream_stream(response: reqwest::Response) -> UpstreamStream {
-    Box::pin(
-        response
-            .bytes_stream()
-            .map(|chunk| chunk.map_err(|error| error_chain(&error))),
-    )
+pub(crate) fn upstream_stream(response: UpstreamResponse) -> UpstreamStream {
+    Box::pin(response.into_stream())
 }
 
 /// Reads a whole upstream body within what is left of the time.
 pub(crate) async fn read(
     leg: &Leg<'_>,
     upstream: &Upstream,
-    response: reqwest::Response,
+    response: UpstreamResponse,
     started: Instant,
     exchange: &mut Exchange,
-) -> Result<(reqwest::StatusCode, HeaderMap, Bytes), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
     let status = response.status();
     let headers = response.headers().clone();
     let remaining = leg.limits.body_left(upstream.timeout, started);
@@ -580,7 +577,7 @@ fn retry_after(headers: &HeaderMap) -> Option<HeaderValue> {
 pub(crate) fn upstream_status_error(
     route: &Route,
     kind: ProviderKind,
-    status: reqwest::StatusCode,
+    status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
     exchange: &mut Exchange,

@@ -25,6 +25,7 @@ mod errors;
 pub mod events;
 mod guardrails;
 pub mod health;
+mod http_client;
 mod inbound;
 mod limits;
 mod messages;

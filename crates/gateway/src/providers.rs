@@ -9,10 +9,12 @@ use atalaya_translate::openai::Quirks;
 use atalaya_translate::{Target, sigv4};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http_body_util::Full;
 use secrecy::ExposeSecret as _;
 
 use crate::catalog::ModelInfo;
 use crate::config::{AwsSettings, GatewayConfig, ProviderKind, ProviderSettings, SimSettings};
+use crate::http_client::{ClientSettings, HttpClient, UpstreamResponse};
 use crate::routing::{KeyRing, Routing};
 
 /// The built-in simulated provider's name and models.
@@ -60,7 +62,7 @@ pub enum ProviderError {
     Client {
         provider: String,
         #[source]
-        source: reqwest::Error,
+        source: rustls::Error,
     },
     #[error("provider `{provider}` has an invalid base_url")]
     BaseUrl {
@@ -126,19 +128,11 @@ impl Providers {
 /// deployments behind one endpoint, reuse each other's keep-alive connections.
 #[derive(Default)]
 struct Clients {
-    built: Vec<(ClientSettings, reqwest::Client)>,
-}
-
-#[derive(PartialEq)]
-struct ClientSettings {
-    headers: HeaderMap,
-    connect_timeout: Duration,
-    read_timeout: Duration,
-    http2_prior_knowledge: bool,
+    built: Vec<(ClientSettings, HttpClient)>,
 }
 
 impl Clients {
-    fn get(&mut self, settings: &ProviderSettings) -> Result<reqwest::Client, ProviderError> {
+    fn get(&mut self, settings: &ProviderSettings) -> Result<HttpClient, ProviderError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -150,6 +144,10 @@ impl Clients {
                 HeaderValue::from_static(ANTHROPIC_VERSION),
             );
         }
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("atalaya/", env!("CARGO_PKG_VERSION"))),
+        );
         for (name, value) in &settings.headers {
             headers.insert(name.clone(), value.clone());
         }
@@ -162,27 +160,10 @@ impl Clients {
         if let Some((_, client)) = self.built.iter().find(|(built, _)| *built == wanted) {
             return Ok(client.clone());
         }
-        let builder = reqwest::Client::builder();
-        let builder = if wanted.http2_prior_knowledge {
-            builder.http2_prior_knowledge()
-        } else {
-            builder
-        };
-        let client = builder
-            .user_agent(concat!("atalaya/", env!("CARGO_PKG_VERSION")))
-            // Set once on the client rather than cloned into every request.
-            .default_headers(wanted.headers.clone())
-            // Nagle's algorithm meeting delayed ACKs stalls small request writes by ~40 ms.
-            .tcp_nodelay(true)
-            .connect_timeout(wanted.connect_timeout)
-            // Per read: bounds the silence between streamed chunks, not the whole answer.
-            .read_timeout(wanted.read_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|source| ProviderError::Client {
-                provider: settings.name.clone(),
-                source,
-            })?;
+        let client = HttpClient::new(&wanted).map_err(|source| ProviderError::Client {
+            provider: settings.name.clone(),
+            source,
+        })?;
         self.built.push((wanted, client.clone()));
         Ok(client)
     }
@@ -214,7 +195,7 @@ pub(crate) enum Call<'a> {
 
 /// Any provider over HTTP: one pooled, keep-alive client, the format's URLs and credentials.
 pub(crate) struct Upstream {
-    client: reqwest::Client,
+    client: HttpClient,
     pub kind: ProviderKind,
     pub quirks: Quirks,
     pub drop_unsupported: bool,
@@ -377,9 +358,9 @@ impl Upstream {
         context: &crate::RequestContext,
         headers: &[(HeaderName, HeaderValue)],
         ttfb: Duration,
-    ) -> Result<reqwest::Response, UpstreamFailure> {
+    ) -> Result<UpstreamResponse, UpstreamFailure> {
         let url = self.url(call)?;
-        let mut request = self.client.post(url.clone());
+        let mut request = http::Request::post(uri_of(&url)?);
         let mut key_index = None;
         if !self.keys.is_empty() {
             let (index, key) = self.keys.pick().ok_or(UpstreamFailure::NoKeys)?;
@@ -406,7 +387,9 @@ impl Upstream {
         for (name, value) in context.trace.upstream_headers(span_id) {
             request = request.header(name, value);
         }
-        let request = request.body(body);
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|error| UpstreamFailure::Other(format!("building the request: {error}")))?;
         let span = tracing::debug_span!(
             "upstream",
             span_id = %span_id,
@@ -416,7 +399,7 @@ impl Upstream {
             http.response.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let sent = tracing::Instrument::instrument(request.send(), span.clone());
+        let sent = tracing::Instrument::instrument(self.client.send(request), span.clone());
         let outcome = tokio::time::timeout(ttfb, sent).await;
         match &outcome {
             Ok(Ok(response)) => {
@@ -442,7 +425,6 @@ impl Upstream {
             Ok(Err(error)) if error.is_connect() => {
                 Err(UpstreamFailure::Connect(error_chain(&error)))
             }
-            Ok(Err(error)) if error.is_timeout() => Err(UpstreamFailure::Timeout(ttfb)),
             Ok(Err(error)) => Err(UpstreamFailure::Other(error_chain(&error))),
         }
     }
@@ -468,13 +450,16 @@ impl Upstream {
         };
         let url = url::Url::parse(&text)
             .map_err(|error| UpstreamFailure::Other(format!("bad URL {text}: {error}")))?;
-        let mut request = self.client.get(url);
+        let mut request = http::Request::get(uri_of(&url)?);
         if let Some((_, key)) = self.keys.pick()
             && let Some((name, value)) = self.auth_header(key)
         {
             request = request.header(name, value);
         }
-        match tokio::time::timeout(limit, request.send()).await {
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|error| UpstreamFailure::Other(format!("building the request: {error}")))?;
+        match tokio::time::timeout(limit, self.client.send(request)).await {
             Err(_) => Err(UpstreamFailure::Timeout(limit)),
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
@@ -494,16 +479,21 @@ impl Upstream {
     /// Reads a whole (non-streamed) body within what is left of the timeout.
     pub async fn read_body(
         &self,
-        response: reqwest::Response,
+        response: UpstreamResponse,
         remaining: Duration,
     ) -> Result<Bytes, UpstreamFailure> {
         match tokio::time::timeout(remaining, response.bytes()).await {
             Err(_) => Err(UpstreamFailure::Timeout(self.timeout)),
             Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(error)) if error.is_timeout() => Err(UpstreamFailure::Timeout(self.timeout)),
             Ok(Err(error)) => Err(UpstreamFailure::Other(error_chain(&error))),
         }
     }
+}
+
+/// The `http` form of a URL (parsed again: the two crates share no type).
+fn uri_of(url: &url::Url) -> Result<http::Uri, UpstreamFailure> {
+    http::Uri::try_from(url.as_str())
+        .map_err(|error| UpstreamFailure::Other(format!("bad URL {url}: {error}")))
 }
 
 /// Signature Version 4 headers for a Bedrock call.

@@ -164,7 +164,7 @@ pub(crate) async fn passthrough(
 async fn complete(
     leg: &Leg<'_>,
     upstream: &Upstream,
-    response: reqwest::Response,
+    response: crate::http_client::UpstreamResponse,
     upstream_started: Instant,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {

@@ -18,20 +18,35 @@ async fn answered(server: &Server) {
     assert_eq!(status, 200, "{body}");
 }
 
-/// Writes each file in turn and signals a reload after each, every 30 ms, while `fire` runs.
-fn reload_repeatedly(server: &Server, files: Vec<String>) -> tokio::task::JoinHandle<()> {
+/// Reloads done so far, successful or not.
+async fn reloads_done(server: &Server) -> f64 {
+    metrics_text(server)
+        .await
+        .lines()
+        .filter(|line| line.starts_with("atalaya_config_reloads_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Writes each file in turn and signals a reload after each, while `fire` runs; waits for
+/// each reload to be done before the next file, since signals sent while one is running
+/// are delivered as one (the file is read when the reload starts, so the last one still
+/// takes effect, but the count would not match).
+async fn reload_repeatedly(server: &Server, files: Vec<String>) {
     let path = server.data_dir.path().join("atalaya.toml");
     let pid = server.process.child.id().to_string();
-    tokio::spawn(async move {
-        for text in files {
-            std::fs::write(&path, text).unwrap();
-            std::process::Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-    })
+    for text in files {
+        let before = reloads_done(server).await;
+        std::fs::write(&path, text).unwrap();
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        eventually(Duration::from_secs(10), || async {
+            (reloads_done(server).await > before).then_some(())
+        })
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -47,10 +62,12 @@ async fn reload_with_an_invalid_file() {
         "[[providers]]\nname = \"p0\"\n".to_owned(),
     ];
     let attempts = broken.len();
-    let reloads = reload_repeatedly(server, broken);
     let n = scale();
-    let tally = fire(server, "/v1/chat/completions", &ask(true), n, true).await;
-    reloads.await.unwrap();
+    let streaming = ask(true);
+    let (tally, ()) = tokio::join!(
+        fire(server, "/v1/chat/completions", &streaming, n, true),
+        reload_repeatedly(server, broken)
+    );
     eventually(Duration::from_secs(10), || async {
         (metric(server, "atalaya_config_reloads_total").await >= attempts as f64).then_some(())
     })
@@ -82,10 +99,12 @@ async fn reload_under_traffic() {
         .replace("provider = \"p1\"", "provider = \"p0\"")
         .replace("provider = \"swap\"", "provider = \"p1\"");
     let files = vec![p1_first.clone(), good.clone(), p1_first];
-    let reloads = reload_repeatedly(server, files);
     let n = scale();
-    let tally = fire(server, "/v1/chat/completions", &ask(true), n, true).await;
-    reloads.await.unwrap();
+    let streaming = ask(true);
+    let (tally, ()) = tokio::join!(
+        fire(server, "/v1/chat/completions", &streaming, n, true),
+        reload_repeatedly(server, files)
+    );
     eventually(Duration::from_secs(10), || async {
         (last_reload(server).await["generation"] == 4).then_some(())
     })
