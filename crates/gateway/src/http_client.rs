@@ -180,3 +180,87 @@ impl Stream for BodyStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+    use http::HeaderValue;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn client(read_timeout: Duration) -> HttpClient {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-default", HeaderValue::from_static("kept"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        HttpClient::new(&ClientSettings {
+            headers,
+            connect_timeout: Duration::from_secs(5),
+            read_timeout,
+            http2_prior_knowledge: false,
+        })
+        .unwrap()
+    }
+
+    /// A server that reads one request head, hands it over, and answers with `answer`, then
+    /// stays silent with the connection open.
+    async fn server(answer: &'static [u8]) -> (String, tokio::sync::oneshot::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = socket.read(&mut buffer).await.unwrap();
+                assert!(read > 0, "the client closed before its request head");
+                head.extend_from_slice(&buffer[..read]);
+            }
+            let _ = head_tx.send(String::from_utf8_lossy(&head).to_lowercase());
+            socket.write_all(answer).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        (url, head_rx)
+    }
+
+    #[tokio::test]
+    async fn defaults_are_sent_unless_the_request_sets_them() {
+        let (url, head) = server(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let request = Request::post(url.as_str())
+            .header(http::header::CONTENT_TYPE, "text/plain")
+            .body(Full::new(Bytes::from_static(b"hi")))
+            .unwrap();
+        let response = client(Duration::from_secs(5)).send(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        let head = head.await.unwrap();
+        assert!(head.contains("x-default: kept\r\n"), "{head}");
+        assert!(head.contains("content-type: text/plain\r\n"), "{head}");
+        assert!(!head.contains("application/json"), "{head}");
+        assert!(head.contains("content-length: 2\r\n"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_stream_ends_with_a_read_timeout_error() {
+        let (url, _head) = server(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await;
+        let request = Request::get(url.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client(Duration::from_millis(300))
+            .send(request)
+            .await
+            .unwrap();
+        let mut stream = response.into_stream();
+        assert_eq!(stream.next().await.unwrap().unwrap(), "hello");
+        let error = stream.next().await.unwrap().unwrap_err();
+        assert!(error.contains("read timeout"), "{error}");
+        assert!(stream.next().await.is_none());
+    }
+}
