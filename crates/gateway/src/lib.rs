@@ -642,12 +642,15 @@ pub(crate) struct Deferred;
 
 /// The whole HTTP surface.
 pub fn router(gateway: Arc<Gateway>) -> Router {
+    // The data plane's routes do the request context's work in their own layer (one boxed
+    // future a request instead of two), so they join the rest after its layer is applied.
     let data_plane = Router::new()
         .route("/v1/chat/completions", post(v1::chat_completions))
         .route("/v1/embeddings", post(v1::embeddings))
         .route("/v1/models", get(v1::list_models))
         .route("/v1/models/{*id}", get(v1::get_model))
         .route("/v1/messages", post(messages::create))
+        .layer(DefaultBodyLimit::max(gateway.max_body_bytes))
         .layer(middleware::from_fn_with_state(gateway.clone(), data_plane));
     // A feature the health level can switch off answers 503 at once while it is off.
     let gated = |router: Router<Arc<Gateway>>, feature: &'static str| {
@@ -720,7 +723,6 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         auth::Permission::CallModels,
     );
     let router = Router::new()
-        .merge(data_plane)
         .merge(manage_keys)
         .merge(read)
         .merge(audit)
@@ -739,7 +741,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .layer(middleware::from_fn_with_state(
             gateway.max_header_bytes,
             request_context,
-        ));
+        ))
+        .merge(data_plane);
     // Outermost, so browsers' preflight requests are answered before authentication.
     let router = match cors(&gateway.cors_origins) {
         Some(cors) => router.layer(cors),
@@ -817,98 +820,141 @@ fn request_id(request: &Request) -> Arc<str> {
         .unwrap_or_else(|| Arc::from(format!("req_{}", uuid::Uuid::now_v7().simple())))
 }
 
-/// Outermost layer: request id in, `x-request-id` out, on every response; headers larger
-/// than `max_header_bytes` together are refused with 431.
+/// Outermost layer (see [`Context`]) for every route but the data plane's, which does the
+/// same in [`data_plane`].
 async fn request_context(
     State(max_header_bytes): State<usize>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let header_bytes: usize = request
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if header_bytes > max_header_bytes {
-        return ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request_headers_too_large",
-            format!(
-                "The request's headers take {header_bytes} bytes, more than the {max_header_bytes}-byte limit (server.max_header_bytes)."
-            ),
-        )
-        .into_response();
-    }
-    let context = RequestContext {
-        id: request_id(&request),
-        started: Instant::now(),
-        started_at_ms: now_ms(),
-        endpoint: endpoint_label(request.uri().path()),
-        format: if request.uri().path().starts_with("/v1/messages") {
-            ClientFormat::Anthropic
-        } else {
-            ClientFormat::OpenAi
-        },
-        trace: trace::Trace::from_headers(request.headers()),
-    };
-    let header_value = HeaderValue::from_str(&context.id).ok();
-    // Every log line while the request is handled carries its id and trace id. When spans
-    // are exported, the span also carries what the export needs: the caller's span, the
-    // sampling decision, the kind, and the status once the answer is known.
-    let exported = atalaya_telemetry::otlp::enabled();
-    let span = if exported {
-        let parent = context.trace.parent.map(|p| p.to_string());
-        tracing::info_span!(
-            "request",
-            request_id = %context.id,
-            trace_id = %context.trace.id,
-            method = %request.method(),
-            path = request.uri().path(),
-            parent_span_id = parent,
-            sampled = context.trace.sampled(),
-            otel.kind = "server",
-            http.response.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        )
-    } else {
-        tracing::info_span!(
-            "request",
-            request_id = %context.id,
-            trace_id = %context.trace.id,
-            method = %request.method(),
-            path = request.uri().path(),
-        )
-    };
-    request.extensions_mut().insert(context);
-    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
-    if exported {
-        let status = response.status();
-        span.record("http.response.status_code", status.as_u16());
-        if status.is_server_error() {
-            span.record("otel.status_code", "error");
+    match Context::begin(&mut request, max_header_bytes) {
+        Ok(context) => {
+            let span = context.span.clone();
+            let response = tracing::Instrument::instrument(next.run(request), span).await;
+            context.finish(response)
         }
-        // The span ends when the body does, so a stream's span covers the whole stream.
-        response = response.map(|body| {
-            axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
-                let _ = &span;
-                frame
-            }))
-        });
+        Err(refused) => *refused,
     }
-    if let Some(value) = header_value {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    response
 }
 
-/// Authenticates, then records every data-plane request that a stream relay does not record
-/// itself. One layer rather than two: each `from_fn` layer costs a boxed future and a service
-/// clone per request.
+/// What every request gets first: a request id in (the client's if clean) and
+/// `x-request-id` out on every response, a span that every log line while it is handled
+/// carries, and a 431 for headers larger than `max_header_bytes` together.
+struct Context {
+    span: tracing::Span,
+    header_value: Option<HeaderValue>,
+    exported: bool,
+}
+
+impl Context {
+    /// Puts the [`RequestContext`] in the request's extensions; `Err` is the refusal
+    /// (boxed: rare, and large next to a `Context`).
+    fn begin(request: &mut Request, max_header_bytes: usize) -> Result<Context, Box<Response>> {
+        let header_bytes: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if header_bytes > max_header_bytes {
+            return Err(Box::new(ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_headers_too_large",
+                format!(
+                    "The request's headers take {header_bytes} bytes, more than the {max_header_bytes}-byte limit (server.max_header_bytes)."
+                ),
+            )
+            .into_response()));
+        }
+        let context = RequestContext {
+            id: request_id(request),
+            started: Instant::now(),
+            started_at_ms: now_ms(),
+            endpoint: endpoint_label(request.uri().path()),
+            format: if request.uri().path().starts_with("/v1/messages") {
+                ClientFormat::Anthropic
+            } else {
+                ClientFormat::OpenAi
+            },
+            trace: trace::Trace::from_headers(request.headers()),
+        };
+        let header_value = HeaderValue::from_str(&context.id).ok();
+        // Every log line while the request is handled carries its id and trace id. When
+        // spans are exported, the span also carries what the export needs: the caller's
+        // span, the sampling decision, the kind, and the status once the answer is known.
+        let exported = atalaya_telemetry::otlp::enabled();
+        let span = if exported {
+            let parent = context.trace.parent.map(|p| p.to_string());
+            tracing::info_span!(
+                "request",
+                request_id = %context.id,
+                trace_id = %context.trace.id,
+                method = %request.method(),
+                path = request.uri().path(),
+                parent_span_id = parent,
+                sampled = context.trace.sampled(),
+                otel.kind = "server",
+                http.response.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!(
+                "request",
+                request_id = %context.id,
+                trace_id = %context.trace.id,
+                method = %request.method(),
+                path = request.uri().path(),
+            )
+        };
+        request.extensions_mut().insert(context);
+        Ok(Context {
+            span,
+            header_value,
+            exported,
+        })
+    }
+
+    fn finish(self, mut response: Response) -> Response {
+        if self.exported {
+            let span = self.span;
+            let status = response.status();
+            span.record("http.response.status_code", status.as_u16());
+            if status.is_server_error() {
+                span.record("otel.status_code", "error");
+            }
+            // The span ends when the body does, so a stream's span covers the whole stream.
+            response = response.map(|body| {
+                axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                    let _ = &span;
+                    frame
+                }))
+            });
+        }
+        if let Some(value) = self.header_value {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response
+    }
+}
+
+/// The data plane's one layer: the request context (as [`request_context`] does for the
+/// other routes), authentication, and a record of every request that a stream relay does
+/// not record itself. One layer rather than three: each `from_fn` layer costs a boxed
+/// future and a service clone per request.
 async fn data_plane(
     State(gateway): State<Arc<Gateway>>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let context = match Context::begin(&mut request, gateway.max_header_bytes) {
+        Ok(context) => context,
+        Err(refused) => return *refused,
+    };
+    let span = context.span.clone();
+    let response = tracing::Instrument::instrument(authorized(gateway, request, next), span).await;
+    context.finish(response)
+}
+
+async fn authorized(gateway: Arc<Gateway>, mut request: Request, next: Next) -> Response {
     let Some(context) = request.extensions().get::<RequestContext>().cloned() else {
         return next.run(request).await;
     };
