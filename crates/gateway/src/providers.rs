@@ -9,7 +9,6 @@ use atalaya_translate::openai::Quirks;
 use atalaya_translate::{Target, sigv4};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use http_body_util::Full;
 use secrecy::ExposeSecret as _;
 
 use crate::catalog::ModelInfo;
@@ -388,7 +387,7 @@ impl Upstream {
             request = request.header(name, value);
         }
         let request = request
-            .body(Full::new(Bytes::from(body)))
+            .body(Bytes::from(body))
             .map_err(|error| UpstreamFailure::Other(format!("building the request: {error}")))?;
         let span = tracing::debug_span!(
             "upstream",
@@ -457,7 +456,7 @@ impl Upstream {
             request = request.header(name, value);
         }
         let request = request
-            .body(Full::new(Bytes::new()))
+            .body(Bytes::new())
             .map_err(|error| UpstreamFailure::Other(format!("building the request: {error}")))?;
         match tokio::time::timeout(limit, self.client.send(request)).await {
             Err(_) => Err(UpstreamFailure::Timeout(limit)),
