@@ -181,12 +181,21 @@ async fn openai_env_vars_turn_on_the_openai_preset() {
 
 #[tokio::test]
 async fn a_client_leaving_mid_stream_cancels_the_upstream_call() {
+    client_leaving_mid_stream_cancels_the_upstream_call("").await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_cancels_the_upstream_call_over_http2() {
+    client_leaving_mid_stream_cancels_the_upstream_call("http2_prior_knowledge = true").await;
+}
+
+async fn client_leaving_mid_stream_cancels_the_upstream_call(extra: &str) {
     // 10 tokens/s: the whole answer would take seconds.
     let mock = mock(MockOptions {
         tokens_per_second: 10.0,
         ..MockOptions::default()
     });
-    let server = upstream_server(&mock, "");
+    let server = upstream_server(&mock, extra);
     let response = client()
         .post(format!("{}/v1/chat/completions", server.url()))
         .bearer_auth(ADMIN_KEY)
@@ -203,11 +212,13 @@ async fn a_client_leaving_mid_stream_cancels_the_upstream_call() {
     assert!(first.starts_with(b"data: "));
     drop(stream);
 
-    eventually(Duration::from_secs(3), || async {
+    let stats = eventually(Duration::from_secs(3), || async {
         let (_, stats) = get(&format!("{}/_mock/stats", mock.url()), "").await;
-        (stats["streams_cancelled"] == 1).then_some(())
+        (stats["streams_cancelled"] == 1).then_some(stats)
     })
     .await;
+    let over_http2 = u64::from(!extra.is_empty());
+    assert_eq!(stats["http2_requests"], over_http2, "{stats}");
     let row = eventually(Duration::from_secs(5), || async {
         log_rows(&server)
             .await
