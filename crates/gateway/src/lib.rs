@@ -43,7 +43,7 @@ mod v1;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atalaya_store::{LogWriter, RequestLogRow, Store, now_ms};
+use atalaya_store::{LogText, LogWriter, RequestLogRow, Store, now_ms};
 use atalaya_telemetry::names;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -400,14 +400,18 @@ impl Gateway {
         if self.log_requests || watched {
             let row = RequestLogRow {
                 seq: 0,
-                request_id: context.id.to_string(),
+                request_id: context.id.clone().into(),
                 created_at_ms: context.started_at_ms,
                 key_id: exchange.key_id,
-                team: exchange.key.as_ref().and_then(|key| key.team.clone()),
-                endpoint: endpoint.to_owned(),
+                team: exchange
+                    .key
+                    .as_ref()
+                    .and_then(|key| key.team.clone())
+                    .map(LogText::from),
+                endpoint: endpoint.into(),
                 model: exchange.model,
-                provider: exchange.provider.as_deref().map(str::to_owned),
-                upstream_model: exchange.upstream_model.as_deref().map(str::to_owned),
+                provider: exchange.provider.clone().map(LogText::from),
+                upstream_model: exchange.upstream_model.clone().map(LogText::from),
                 stream: exchange.stream,
                 status: i64::from(status),
                 latency_ms: total.as_secs_f64() * 1e3,
@@ -420,7 +424,7 @@ impl Gateway {
                     .map(|u| u.cached_tokens as i64),
                 usage_estimated: exchange.usage.is_some_and(|u| u.estimated),
                 cost_usd: cost,
-                deployment: exchange.deployment.as_deref().map(str::to_owned),
+                deployment: exchange.deployment.clone().map(LogText::from),
                 attempts: i64::from(exchange.attempts),
                 retries: i64::from(exchange.retries),
                 fallback_path: exchange.fallback_path,

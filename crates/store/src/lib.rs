@@ -38,7 +38,7 @@ pub use errors::{
 };
 pub use keys::{KeyId, KeyRecord, KeyUpdate, NewKey};
 pub use log_writer::{LogWriter, LogWriterConfig, spawn_log_writer};
-pub use request_log::{LogPage, LogQuery, RequestLogRow};
+pub use request_log::{LogPage, LogQuery, LogText, RequestLogRow};
 pub use secrets::{SecretInfo, SecretRow};
 pub use upkeep::{Deleted, Retention, Switch, UpkeepConfig, spawn_upkeep};
 
@@ -207,7 +207,7 @@ mod tests {
         let rows: Vec<RequestLogRow> = (0..300)
             .map(|i| RequestLogRow {
                 seq: 0,
-                request_id: format!("r{i}"),
+                request_id: format!("r{i}").into(),
                 created_at_ms: 1_000 + i,
                 key_id: Some("k".into()),
                 team: None,

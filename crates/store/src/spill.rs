@@ -157,7 +157,7 @@ mod tests {
     fn row(i: i64) -> RequestLogRow {
         RequestLogRow {
             seq: 0,
-            request_id: format!("req-{i}"),
+            request_id: format!("req-{i}").into(),
             created_at_ms: 1_700_000_000_000 + i,
             key_id: Some("key".into()),
             team: None,

@@ -7,13 +7,13 @@ fn row(i: i64, created_at_ms: i64) -> RequestLogRow {
     let models = ["gpt-4o", "claude", "sim-chat"];
     RequestLogRow {
         seq: 0,
-        request_id: format!("req-{i}"),
+        request_id: format!("req-{i}").into(),
         created_at_ms,
         key_id: (i % 5 != 0).then(|| format!("key-{}", i % 3)),
-        team: (i % 2 == 0).then(|| "red".to_owned()),
-        endpoint: "chat".to_owned(),
+        team: (i % 2 == 0).then(|| "red".into()),
+        endpoint: "chat".into(),
         model: Some(models[(i % 3) as usize].to_owned()),
-        provider: Some(format!("p{}", i % 2)),
+        provider: Some(format!("p{}", i % 2).into()),
         upstream_model: None,
         stream: i % 4 == 0,
         status: if i % 7 == 0 {
@@ -30,7 +30,7 @@ fn row(i: i64, created_at_ms: i64) -> RequestLogRow {
         cached_tokens: None,
         usage_estimated: false,
         cost_usd: Some(0.001 * (i % 5) as f64),
-        deployment: Some(format!("p{}/{}", i % 2, models[(i % 3) as usize])),
+        deployment: Some(format!("p{}/{}", i % 2, models[(i % 3) as usize]).into()),
         attempts: 1,
         retries: 0,
         fallback_path: None,
@@ -181,7 +181,7 @@ async fn rollups_and_raw_rows_give_the_same_answers_at_every_stage() {
     // is inserted: nothing is left to read back.
     let alike: Vec<RequestLogRow> = (0..128)
         .map(|i| RequestLogRow {
-            request_id: format!("alike-{i}"),
+            request_id: format!("alike-{i}").into(),
             ..row(3, T0 + 5 * HOUR_MS + i * 1_000)
         })
         .collect();
