@@ -13,7 +13,8 @@
 //! gateway's peak RSS went from 322–335 MB to 278–289 MB (bench/load/RESULTS.md).
 //!
 //! Every request to an HTTP/2 host shares one connection (a burst waits for it to open rather
-//! than opening one each, and shares its failure); an HTTP/1.1 connection goes back to the
+//! than opening one each, and shares its failure; a burst to an HTTPS host not yet reached
+//! waits for the first connection, whose ALPN answer says which protocol it speaks); an HTTP/1.1 connection goes back to the
 //! pool when its response body has been read to the end (one dropped before that is closed)
 //! and is closed after 90 s unused. An API gateway follows no redirects (a provider's 3xx is
 //! passed on as an upstream error). A request that a reused HTTP/1.1 connection refused before
@@ -235,6 +236,9 @@ struct Host {
     /// Whether the host speaks HTTP/2 (by ALPN, or prior knowledge is configured): then a
     /// burst of requests waits for one connection instead of opening one each.
     speaks_http2: bool,
+    /// Whether a connection has been opened yet, so the protocol is known. Until then a burst
+    /// waits for the first connection too: if ALPN picks HTTP/2, it serves them all.
+    protocol_known: bool,
     /// Held while the HTTP/2 connection is being opened.
     opening: Arc<tokio::sync::Mutex<()>>,
     /// When opening it last failed, and why.
@@ -339,15 +343,20 @@ impl Pool {
             return Ok((Box::pin(self.open(key, uri)).await?, false));
         }
         let queued = Instant::now();
-        let _turn = open.opening.lock().await;
+        let turn = open.opening.lock().await;
         // The request before this one in line may have opened it, or failed to: then the
-        // burst shares that failure rather than trying once each, one after another.
+        // burst shares that failure rather than trying once each, one after another. If the
+        // host turned out to speak HTTP/1.1, each request opens its own, without waiting.
         match self.reuse(key) {
             Ok(connection) => return Ok((connection, true)),
             Err(Open {
                 failed: Some((at, message)),
                 ..
             }) if at >= queued => return Err(Error::Connect(message.to_string().into())),
+            Err(Open { http2: false, .. }) => {
+                drop(turn);
+                return Ok((Box::pin(self.open(key, uri)).await?, false));
+            }
             Err(_) => {}
         }
         match Box::pin(self.open(key, uri)).await {
@@ -376,7 +385,7 @@ impl Pool {
                 if host.http2.as_ref().is_some_and(|sender| sender.is_closed()) {
                     host.http2 = None;
                 }
-                host.speaks_http2 || host.http2.is_some() || !host.idle.is_empty()
+                host.protocol_known || host.http2.is_some() || !host.idle.is_empty()
             });
         }
         let host = match hosts.map.get_mut(key) {
@@ -395,7 +404,10 @@ impl Pool {
             }
         }
         Err(Open {
-            http2: self.http2_only || host.speaks_http2,
+            // Plain HTTP without prior knowledge can only be HTTP/1.1; over TLS, ALPN decides.
+            http2: self.http2_only
+                || host.speaks_http2
+                || (!host.protocol_known && key.0 == Scheme::HTTPS),
             opening: host.opening.clone(),
             failed: host.failed.clone(),
         })
@@ -433,10 +445,12 @@ impl Pool {
                 }
                 ended.store(false, Ordering::Relaxed);
             });
+            tracing::debug!(host = %key.1, protocol = "HTTP/2", "Opened an upstream connection.");
             let connection = Http2Connection { sender, alive };
             let mut hosts = self.hosts();
             let host = hosts.map.entry(key.clone()).or_default();
             host.speaks_http2 = true;
+            host.protocol_known = true;
             host.http2 = Some(connection.clone());
             Ok(Connection::Http2(connection))
         } else {
@@ -444,6 +458,12 @@ impl Pool {
                 .handshake(io)
                 .await
                 .map_err(|error| Error::Connect(error.into()))?;
+            tracing::debug!(host = %key.1, protocol = "HTTP/1.1", "Opened an upstream connection.");
+            self.hosts()
+                .map
+                .entry(key.clone())
+                .or_default()
+                .protocol_known = true;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(%error, "An upstream HTTP/1.1 connection ended with an error.");

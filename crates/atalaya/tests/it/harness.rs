@@ -402,6 +402,21 @@ pub fn gpt_on(mock: &Process) -> String {
 
 /// Sends `count` copies of `body` to `path`, `concurrency` at a time; returns the statuses
 /// and how long each took.
+/// [`send_many`], asserting that every request got a 200.
+pub async fn send_many_ok(
+    server: &Server,
+    path: &str,
+    body: &str,
+    count: usize,
+    concurrency: usize,
+) {
+    let statuses = send_many(server, path, body, count, concurrency).await;
+    assert!(
+        statuses.iter().all(|(status, _)| *status == 200),
+        "{statuses:?}"
+    );
+}
+
 pub async fn send_many(
     server: &Server,
     path: &str,

@@ -247,6 +247,90 @@ async fn tls_serves_https_with_the_configured_certificate() {
     assert_eq!(audit["data"][0]["source_ip"], "127.0.0.1");
 }
 
+/// An HTTPS upstream that offers HTTP/2 by ALPN (another gateway serving TLS, answering from
+/// its simulator), trusted through `SSL_CERT_FILE`: plain and streamed answers come through,
+/// and a burst shares the connection.
+#[tokio::test]
+async fn an_https_upstream_is_reached_over_tls_with_http2_by_alpn() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(certs.path());
+    let upstream = serve(ServeOptions {
+        config: &format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        ..ServeOptions::default()
+    });
+    let server = serve(ServeOptions {
+        config: &format!(
+            "[[providers]]\nname = \"tls\"\ntype = \"openai-compatible\"\nbase_url = \"https://{}/v1\"\napi_key = \"{ADMIN_KEY}\"\nmodels = [\"sim-chat\"]\n",
+            upstream.process.address
+        ),
+        env: vec![
+            ("SSL_CERT_FILE", ca.display().to_string()),
+            (
+                "RUST_LOG",
+                "info,atalaya_gateway::http_client=debug".to_owned(),
+            ),
+        ],
+        ..ServeOptions::default()
+    });
+    let url = format!("{}/v1/chat/completions", server.url());
+    let (status, _, body) = post(&url, ADMIN_KEY, &chat_body("tls/sim-chat", false)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    send_many_ok(
+        &server,
+        "/v1/chat/completions",
+        &chat_body("tls/sim-chat", true),
+        20,
+        10,
+    )
+    .await;
+    // The upstream gateway answered all 21.
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .build()
+        .unwrap();
+    let logs = format!("https://{}/api/v1/logs?limit=100", upstream.process.address);
+    let rows = eventually(std::time::Duration::from_secs(5), || async {
+        let response = https
+            .get(&logs)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let page: serde_json::Value = response.json().await.unwrap();
+        let rows = page["data"].as_array().cloned().unwrap_or_default();
+        (rows.len() == 21).then_some(rows)
+    })
+    .await;
+    assert!(rows.iter().all(|row| row["status"] == 200), "{rows:?}");
+    // One HTTP/2 connection carried them all — one per worker, each worker having its own
+    // pool: a burst waits for the first connection rather than opening one each.
+    let output = server.process.output();
+    let workers: usize = output
+        .split("workers=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap();
+    let opened: Vec<_> = output
+        .lines()
+        .filter(|line| line.contains("Opened an upstream connection"))
+        .collect();
+    assert!(
+        !opened.is_empty() && opened.len() <= workers,
+        "{workers} workers: {output}"
+    );
+    assert!(
+        opened.iter().all(|line| line.contains("HTTP/2")),
+        "{output}"
+    );
+}
+
 #[test]
 fn a_half_tls_config_is_refused() {
     let dir = tempfile::tempdir().unwrap();

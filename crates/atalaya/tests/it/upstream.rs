@@ -323,7 +323,7 @@ async fn http2_prior_knowledge_shares_connections_with_an_h2c_upstream() {
         ..ServeOptions::default()
     });
     let url = format!("{}/v1/chat/completions", server.url());
-    let statuses = send_many(
+    send_many_ok(
         &server,
         "/v1/chat/completions",
         &chat_body("gpt-4o-mini", true),
@@ -331,10 +331,6 @@ async fn http2_prior_knowledge_shares_connections_with_an_h2c_upstream() {
         10,
     )
     .await;
-    assert!(
-        statuses.iter().all(|(status, _)| *status == 200),
-        "{statuses:?}"
-    );
     let (status, _, body) = post(&url, ADMIN_KEY, &chat_body("gpt-4o-mini", false)).await;
     assert_eq!(status, 200, "{body}");
     let (_, stats) = get(&format!("{}/_mock/stats", upstream.url()), "").await;
