@@ -7,6 +7,7 @@
 #
 #   bench/logging/run.sh                  # defaults: 15 s runs, 3 pairs, 32 connections, 20 keys
 #   DURATION=30 PAIRS=5 CONNECTIONS=64 KEYS=1 bench/logging/run.sh
+#   REQUEST_LOG=$'batch_size = 4096\n' bench/logging/run.sh   # more [request_log] settings
 #
 # Requests take KEYS virtual keys in turn (each gateway creates its own), so the request log
 # sees the spread of keys a shared gateway does.
@@ -35,7 +36,8 @@ start_gateway() { # name enabled -> sets port and pid
   local name=$1 enabled=$2
   port=$(free_port)
   mkdir -p "$work/$name"
-  printf '[request_log]\nenabled = %s\n' "$enabled" > "$work/$name/atalaya.toml"
+  # REQUEST_LOG: more [request_log] settings for both gateways, e.g. $'batch_size = 2048\n'.
+  printf '[request_log]\nenabled = %s\n%s' "$enabled" "${REQUEST_LOG:-}" > "$work/$name/atalaya.toml"
   (cd "$work/$name" && OPENAI_API_KEY=$upstream_key OPENAI_BASE_URL=http://127.0.0.1:$mock_port/v1 \
     ATALAYA_ADMIN_KEY=$gateway_key RUST_LOG=warn \
     exec "$bin" serve --config atalaya.toml --listen 127.0.0.1:"$port" --data-dir "$work/$name/data" \
