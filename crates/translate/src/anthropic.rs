@@ -1238,13 +1238,11 @@ impl StreamEncoder {
 
 /// The usage of a complete `message` body.
 pub fn usage_of(body: &[u8]) -> Option<Usage> {
-    #[derive(Deserialize)]
-    struct WithUsage {
-        usage: Option<WireUsage>,
-    }
-    serde_json::from_slice::<WithUsage>(body)
+    let value = wire::top_level_field(body, "usage")?;
+    let mut reader = serde_json::Deserializer::from_slice(value);
+    Option::<WireUsage>::deserialize(&mut reader)
         .ok()
-        .and_then(|w| w.usage)
+        .flatten()
         .map(WireUsage::canonical)
 }
 
