@@ -139,15 +139,12 @@ impl HttpClient {
             return Err(Error::Url(uri));
         };
         let key = (scheme.clone(), authority.clone());
-        let (parts, body) = request.into_parts();
-        let mut request = Request::from_parts(parts, Full::new(body));
         let mut retried = false;
         loop {
             let (connection, reused) = self.pool.connection(&key, &uri).await?;
             let mut sender = match connection {
                 Connection::Http2(connection) => {
                     let (parts, body) = request.into_parts();
-                    let body = body.into_inner().unwrap_or_default();
                     let response = connection.send(parts, body).await?;
                     return Ok(UpstreamResponse {
                         response: response.map(UpstreamBody::Http2),
@@ -164,8 +161,9 @@ impl HttpClient {
                 }
                 return Err(Error::Connect("the new connection closed at once".into()));
             }
-            to_http1_form(&mut request, &uri);
-            match sender.try_send_request(request).await {
+            let mut http1 = request.map(Full::new);
+            to_http1_form(&mut http1, &uri);
+            match sender.try_send_request(http1).await {
                 Ok(response) => {
                     return Ok(UpstreamResponse {
                         response: response.map(UpstreamBody::Http1),
@@ -181,7 +179,8 @@ impl HttpClient {
                     // Refused before any of it was sent: the reused connection was closing.
                     Some(unsent) if reused && !retried => {
                         retried = true;
-                        request = unsent;
+                        // Unsent, so its body is still whole.
+                        request = unsent.map(|body| body.into_inner().unwrap_or_default());
                         *request.uri_mut() = uri.clone();
                     }
                     _ => return Err(Error::Send(error.into_error())),

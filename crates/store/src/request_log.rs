@@ -29,21 +29,9 @@ impl std::ops::Deref for LogText {
     }
 }
 
-impl AsRef<str> for LogText {
-    fn as_ref(&self) -> &str {
-        self
-    }
-}
-
 impl std::fmt::Debug for LogText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl std::fmt::Display for LogText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self)
     }
 }
 
@@ -54,18 +42,6 @@ impl PartialEq for LogText {
 }
 
 impl Eq for LogText {}
-
-impl PartialEq<str> for LogText {
-    fn eq(&self, other: &str) -> bool {
-        &**self == other
-    }
-}
-
-impl PartialEq<&str> for LogText {
-    fn eq(&self, other: &&str) -> bool {
-        &**self == *other
-    }
-}
 
 impl From<&'static str> for LogText {
     fn from(text: &'static str) -> LogText {
