@@ -1,5 +1,6 @@
-//! The HTTP client every upstream call goes through, with a pool of our own: HTTP/1.1 on
-//! hyper's connection-level client, HTTP/2 (by ALPN over TLS, or by prior knowledge over
+//! The HTTP client every upstream call goes through, with a pool of our own: HTTP/1.1 on a
+//! client connection of our own ([`http1`]: the requesting task writes and reads the socket
+//! itself), HTTP/2 (by ALPN over TLS, or by prior knowledge over
 //! plain HTTP when configured) on the `h2` crate directly; rustls with the platform's trust
 //! roots.
 //!
@@ -14,11 +15,13 @@
 //!
 //! Every request to an HTTP/2 host shares one connection (a burst waits for it to open rather
 //! than opening one each, and shares its failure; a burst to an HTTPS host not yet reached
-//! waits for the first connection, whose ALPN answer says which protocol it speaks); an HTTP/1.1 connection goes back to the
-//! pool when its response body has been read to the end (one dropped before that is closed)
-//! and is closed after 90 s unused. An API gateway follows no redirects (a provider's 3xx is
-//! passed on as an upstream error). A request that a reused HTTP/1.1 connection refused before
-//! sending any of it (the connection was closing) is sent once more on another connection;
+//! waits for the first connection, whose ALPN answer says which protocol it speaks); an
+//! HTTP/1.1 connection goes back to the pool when its response body has been read to the end
+//! (one dropped before that is closed), is checked for a close or unasked bytes from the
+//! server before reuse, and is closed after 90 s unused. An API gateway follows no redirects
+//! (a provider's 3xx is passed on as an upstream error). A request whose write failed on a
+//! reused HTTP/1.1 connection (the server had closed it) is sent once more on another; one
+//! written whole is never re-sent (a chat completion sent twice is paid twice);
 //! over HTTP/2, a request that finds the connection gone fails as an attempt (routing retries
 //! or fails over as configured) and the next request opens a new connection.
 
@@ -34,14 +37,13 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::Full;
-use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service as _;
+
+mod http1;
 
 /// How one client is built; providers with equal settings share one client and its pool.
 #[derive(PartialEq)]
@@ -54,7 +56,6 @@ pub(crate) struct ClientSettings {
     pub http2_prior_knowledge: bool,
 }
 
-type Body = Full<Bytes>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long an unused HTTP/1.1 connection is kept.
@@ -68,7 +69,7 @@ pub(crate) enum Error {
     #[error("connecting to the upstream failed")]
     Connect(#[source] BoxError),
     #[error("the upstream connection failed")]
-    Send(#[source] hyper::Error),
+    Send(#[source] http1::Http1Error),
     #[error("the upstream HTTP/2 connection failed")]
     Http2(#[source] h2::Error),
     #[error("reading the upstream's answer failed")]
@@ -139,80 +140,48 @@ impl HttpClient {
             return Err(Error::Url(uri));
         };
         let key = (scheme.clone(), authority.clone());
+        let (head, body) = request.into_parts();
         let mut retried = false;
         loop {
             let (connection, reused) = self.pool.connection(&key, &uri).await?;
-            let mut sender = match connection {
+            let mut connection = match connection {
                 Connection::Http2(connection) => {
-                    let (parts, body) = request.into_parts();
-                    let response = connection.send(parts, body).await?;
+                    let response = connection.send(head, body).await?;
                     return Ok(UpstreamResponse {
                         response: response.map(UpstreamBody::Http2),
                         read_timeout: self.read_timeout,
                         idle: None,
                     });
                 }
-                Connection::Http1(sender) => sender,
+                Connection::Http1(connection) => connection,
             };
-            if sender.ready().await.is_err() {
-                if reused {
-                    // Closed while it sat idle; take another.
+            if let Err(error) = connection.write_request(&head, &uri, &body).await {
+                // A reused connection the server had closed: the request did not get through
+                // whole, so it is sent once more on another.
+                if reused && !retried {
+                    retried = true;
                     continue;
                 }
-                return Err(Error::Connect("the new connection closed at once".into()));
+                return Err(Error::Send(error.into()));
             }
-            let mut http1 = request.map(Full::new);
-            to_http1_form(&mut http1, &uri);
-            match sender.try_send_request(http1).await {
-                Ok(response) => {
-                    return Ok(UpstreamResponse {
-                        response: response.map(UpstreamBody::Http1),
-                        read_timeout: self.read_timeout,
-                        idle: Some(IdleReturn {
-                            pool: self.pool.clone(),
-                            key,
-                            sender,
-                        }),
-                    });
-                }
-                Err(mut error) => match error.take_message() {
-                    // Refused before any of it was sent: the reused connection was closing.
-                    Some(unsent) if reused && !retried => {
-                        retried = true;
-                        // Unsent, so its body is still whole.
-                        request = unsent.map(|body| body.into_inner().unwrap_or_default());
-                        *request.uri_mut() = uri.clone();
-                    }
-                    _ => return Err(Error::Send(error.into_error())),
-                },
-            }
+            let (answer, body) = connection
+                .read_head(head.method == http::Method::HEAD)
+                .await
+                .map_err(Error::Send)?;
+            let mut response = Response::new(UpstreamBody::Http1(body));
+            *response.status_mut() = answer.status;
+            *response.version_mut() = answer.version;
+            *response.headers_mut() = answer.headers;
+            return Ok(UpstreamResponse {
+                response,
+                read_timeout: self.read_timeout,
+                idle: Some(IdleReturn {
+                    pool: self.pool.clone(),
+                    key,
+                }),
+            });
         }
     }
-}
-
-/// HTTP/1.1 sends the path alone and the authority as `Host` (HTTP/2 takes both from the
-/// absolute URI).
-fn to_http1_form(request: &mut Request<Body>, uri: &Uri) {
-    if let Some(host) = uri.host()
-        && !request.headers().contains_key(http::header::HOST)
-    {
-        let default_port = match uri.scheme_str() {
-            Some("https") => 443,
-            _ => 80,
-        };
-        let value = match uri.port_u16() {
-            Some(port) if port != default_port => HeaderValue::try_from(format!("{host}:{port}")),
-            _ => HeaderValue::try_from(host),
-        };
-        if let Ok(value) = value {
-            request.headers_mut().insert(http::header::HOST, value);
-        }
-    }
-    let path = match uri.path_and_query() {
-        Some(path) if path.as_str() != "/" => Uri::from(path.clone()),
-        _ => Uri::from_static("/"),
-    };
-    *request.uri_mut() = path;
 }
 
 type Key = (Scheme, Authority);
@@ -243,11 +212,11 @@ struct Host {
     /// When opening it last failed, and why.
     failed: Option<(Instant, Arc<str>)>,
     /// HTTP/1.1 connections not in use, with when each came back; the most recent last.
-    idle: Vec<(http1::SendRequest<Body>, Instant)>,
+    idle: Vec<(http1::Connection, Instant)>,
 }
 
 enum Connection {
-    Http1(http1::SendRequest<Body>),
+    Http1(http1::Connection),
     Http2(Http2Connection),
 }
 
@@ -378,8 +347,8 @@ impl Pool {
         if hosts.swept.elapsed() >= SWEEP_EVERY {
             hosts.swept = Instant::now();
             hosts.map.retain(|_, host| {
-                host.idle.retain(|(sender, since)| {
-                    !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT
+                host.idle.retain_mut(|(connection, since)| {
+                    since.elapsed() < IDLE_TIMEOUT && connection.usable()
                 });
                 if host.http2.as_ref().is_some_and(|sender| sender.is_closed()) {
                     host.http2 = None;
@@ -397,9 +366,9 @@ impl Pool {
             }
             host.http2 = None;
         }
-        while let Some((sender, since)) = host.idle.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Ok(Connection::Http1(sender));
+        while let Some((mut connection, since)) = host.idle.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && connection.usable() {
+                return Ok(Connection::Http1(connection));
             }
         }
         Err(Open {
@@ -453,22 +422,13 @@ impl Pool {
             host.http2 = Some(connection.clone());
             Ok(Connection::Http2(connection))
         } else {
-            let (sender, connection) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|error| Error::Connect(error.into()))?;
             tracing::debug!(host = %key.1, protocol = "HTTP/1.1", "Opened an upstream connection.");
             self.hosts()
                 .map
                 .entry(key.clone())
                 .or_default()
                 .protocol_known = true;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "An upstream HTTP/1.1 connection ended with an error.");
-                }
-            });
-            Ok(Connection::Http1(sender))
+            Ok(Connection::Http1(http1::Connection::new(TokioIo::new(io))))
         }
     }
 }
@@ -478,14 +438,19 @@ impl Pool {
 struct IdleReturn {
     pool: Arc<Pool>,
     key: Key,
-    sender: http1::SendRequest<Body>,
 }
 
 impl IdleReturn {
-    fn put_back(self) {
-        let mut hosts = self.pool.hosts();
-        let host = hosts.map.entry(self.key).or_default();
-        host.idle.push((self.sender, Instant::now()));
+    /// Gives `body`'s connection back, if it was read to its end and may take another request.
+    fn put_back(self, body: UpstreamBody) {
+        let UpstreamBody::Http1(body) = body else {
+            return;
+        };
+        if let Some(connection) = body.into_idle() {
+            let mut hosts = self.pool.hosts();
+            let host = hosts.map.entry(self.key).or_default();
+            host.idle.push((connection, Instant::now()));
+        }
     }
 }
 
@@ -524,7 +489,7 @@ impl UpstreamResponse {
             }
         }
         if let Some(idle) = self.idle {
-            idle.put_back();
+            idle.put_back(body);
         }
         Ok(first.unwrap_or_else(|| whole.freeze()))
     }
@@ -570,10 +535,10 @@ impl Stream for BodyStream {
                 Poll::Ready(Some(Err(crate::providers::error_chain(&*error))))
             }
             Poll::Ready(None) => {
-                this.body = None;
-                if let Some(idle) = this.idle.take() {
-                    idle.put_back();
+                if let (Some(idle), Some(body)) = (this.idle.take(), this.body.take()) {
+                    idle.put_back(body);
                 }
+                this.body = None;
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -591,7 +556,7 @@ impl Stream for BodyStream {
 
 /// A response body from either protocol.
 enum UpstreamBody {
-    Http1(Incoming),
+    Http1(http1::Body),
     Http2(h2::RecvStream),
 }
 
@@ -599,16 +564,10 @@ impl UpstreamBody {
     /// The next chunk of data; trailers carry nothing a relay passes on.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BoxError>>> {
         match self {
-            UpstreamBody::Http1(body) => loop {
-                match ready!(Pin::new(&mut *body).poll_frame(cx)) {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            return Poll::Ready(Some(Ok(data)));
-                        }
-                    }
-                    Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
-                    None => return Poll::Ready(None),
-                }
+            UpstreamBody::Http1(body) => match ready!(body.poll_chunk(cx)) {
+                Some(Ok(data)) => Poll::Ready(Some(Ok(data))),
+                Some(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+                None => Poll::Ready(None),
             },
             UpstreamBody::Http2(body) => match ready!(body.poll_data(cx)) {
                 Some(Ok(data)) => {
@@ -627,6 +586,8 @@ impl UpstreamBody {
 mod tests {
     use futures_util::StreamExt as _;
     use http::HeaderValue;
+    use http_body_util::Full;
+    use hyper::body::Incoming;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
 
@@ -883,5 +844,121 @@ mod tests {
         let error = stream.next().await.unwrap().unwrap_err();
         assert!(error.contains("read timeout"), "{error}");
         assert!(stream.next().await.is_none());
+    }
+
+    /// A server that answers one request with `answer` written `step` bytes at a time, each
+    /// piece flushed on its own, then closes the connection.
+    async fn trickling_server(answer: &'static [u8], step: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket.set_nodelay(true).unwrap();
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = socket.read(&mut buffer).await.unwrap();
+                assert!(read > 0);
+                head.extend_from_slice(&buffer[..read]);
+            }
+            for piece in answer.chunks(step) {
+                if socket.write_all(piece).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        url
+    }
+
+    /// The body's bytes, or the first error.
+    async fn read_body(answer: &'static [u8], step: usize) -> Result<Vec<u8>, String> {
+        let url = trickling_server(answer, step).await;
+        let response = client(Duration::from_secs(5))
+            .send(get(&url))
+            .await
+            .map_err(|error| atalaya_telemetry::error_chain(&error))?;
+        let mut body = Vec::new();
+        let mut stream = response.into_stream();
+        while let Some(chunk) = stream.next().await {
+            body.extend_from_slice(&chunk?);
+        }
+        Ok(body)
+    }
+
+    #[tokio::test]
+    async fn http1_bodies_decode_however_the_bytes_arrive() {
+        let chunked: &'static [u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+9\r\ndata: a\n\n\r\nA;ext=1\r\ndata: bc\n\n\r\n0\r\nx-trailer: t\r\n\r\n";
+        let length: &'static [u8] =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+        let until_close: &'static [u8] = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nto the end";
+        for step in [1, 2, 3, 7, 1024] {
+            assert_eq!(
+                read_body(chunked, step).await.unwrap(),
+                b"data: a\n\ndata: bc\n\n",
+                "step {step}"
+            );
+            assert_eq!(
+                read_body(length, step).await.unwrap(),
+                b"hello",
+                "step {step}"
+            );
+            assert_eq!(
+                read_body(until_close, step).await.unwrap(),
+                b"to the end",
+                "step {step}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn broken_http1_answers_are_errors_not_bodies() {
+        for (answer, expected) in [
+            (
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"[..],
+                "closed the connection",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+                "chunk size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+                "longer than its size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+                "closed the connection",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+                "content-length",
+            ),
+            (b"HTTP/9 200 OK\r\n\r\n", "not valid HTTP/1.1"),
+            (b"", "closed the connection"),
+        ] {
+            let leaked: &'static [u8] = Box::leak(answer.to_vec().into_boxed_slice());
+            let error = read_body(leaked, 1024).await.unwrap_err();
+            assert!(
+                error.contains(expected),
+                "{:?}: {error}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn events_that_arrive_together_come_out_as_one_piece() {
+        // Two chunks written at once reach the client in one read (loopback, one write).
+        let answer: &'static [u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n";
+        let url = trickling_server(answer, answer.len()).await;
+        let response = client(Duration::from_secs(5))
+            .send(get(&url))
+            .await
+            .unwrap();
+        let pieces: Vec<_> = response.into_stream().collect().await;
+        let pieces: Vec<Bytes> = pieces.into_iter().map(Result::unwrap).collect();
+        assert_eq!(pieces, vec![Bytes::from_static(b"abcdef")]);
     }
 }

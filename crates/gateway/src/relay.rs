@@ -584,7 +584,7 @@ impl Relay {
 
 /// Pieces of one outgoing frame; a single piece is passed on without copying.
 #[derive(Default)]
-struct Frame {
+pub(crate) struct Frame {
     first: Option<Bytes>,
     merged: Option<BytesMut>,
 }
@@ -609,7 +609,7 @@ impl Frame {
         }
     }
 
-    fn push(&mut self, piece: Bytes) {
+    pub(crate) fn push(&mut self, piece: Bytes) {
         if piece.is_empty() {
             return;
         }
@@ -636,11 +636,11 @@ impl Frame {
             .unwrap_or(0)
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn into_bytes(self) -> Bytes {
+    pub(crate) fn into_bytes(self) -> Bytes {
         match (self.merged, self.first) {
             (Some(merged), _) => merged.freeze(),
             (None, Some(first)) => first,
