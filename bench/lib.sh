@@ -17,7 +17,8 @@ bench_require() {
 
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 cargo build --release --locked --bin atalaya
-bin=$target_dir/release/atalaya
+# BENCH_BIN=/path/to/atalaya measures another build (say, the one before a change) instead.
+bin=${BENCH_BIN:-$target_dir/release/atalaya}
 
 work=$(mktemp -d)
 pids=()
