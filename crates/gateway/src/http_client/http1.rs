@@ -323,7 +323,7 @@ impl Body {
         loop {
             // Pieces gathered from one buffer: a single piece passes without a copy.
             let mut out = Frame::default();
-            if let Err(error) = self.decode(&mut out) {
+            if let Err(error) = decode(&mut self.framing, &mut self.connection.buffer, &mut out) {
                 return Poll::Ready(Some(Err(error)));
             }
             if !out.is_empty() {
@@ -348,99 +348,98 @@ impl Body {
         }
     }
 
-    /// Moves the body bytes the buffer holds into `out`, as far as the framing allows.
-    fn decode(&mut self, out: &mut Frame) -> Result<(), Http1Error> {
-        let buffer = &mut self.connection.buffer;
-        loop {
-            match self.framing {
-                Framing::Done => return Ok(()),
-                Framing::UntilClose => {
-                    if !buffer.is_empty() {
-                        out.push(buffer.split().freeze());
-                    }
-                    return Ok(());
-                }
-                Framing::Length(left) => {
-                    if buffer.is_empty() {
-                        return Ok(());
-                    }
-                    let take = left.min(buffer.len() as u64);
-                    out.push(buffer.split_to(take as usize).freeze());
-                    self.framing = match left - take {
-                        0 => Framing::Done,
-                        left => Framing::Length(left),
-                    };
-                }
-                Framing::Chunked(Chunk::Data(left)) => {
-                    if buffer.is_empty() {
-                        return Ok(());
-                    }
-                    let take = left.min(buffer.len() as u64);
-                    out.push(buffer.split_to(take as usize).freeze());
-                    self.framing = Framing::Chunked(match left - take {
-                        0 => Chunk::DataEnd,
-                        left => Chunk::Data(left),
-                    });
-                }
-                Framing::Chunked(Chunk::DataEnd) => match buffer.first() {
-                    None => return Ok(()),
-                    Some(b'\n') => {
-                        buffer.advance(1);
-                        self.framing = Framing::Chunked(Chunk::Size);
-                    }
-                    Some(b'\r') => match buffer.get(1) {
-                        None => return Ok(()),
-                        Some(b'\n') => {
-                            buffer.advance(2);
-                            self.framing = Framing::Chunked(Chunk::Size);
-                        }
-                        Some(_) => return Err(Http1Error::Invalid("a chunk longer than its size")),
-                    },
-                    Some(_) => return Err(Http1Error::Invalid("a chunk longer than its size")),
-                },
-                Framing::Chunked(Chunk::Size) => {
-                    let Some(line) = take_line(buffer)? else {
-                        return Ok(());
-                    };
-                    let digits = line
-                        .split(|b| *b == b';')
-                        .next()
-                        .map(<[u8]>::trim_ascii)
-                        .unwrap_or_default();
-                    if digits.is_empty() || digits.len() > 15 {
-                        return Err(Http1Error::Invalid("a bad chunk size"));
-                    }
-                    let mut size = 0u64;
-                    for digit in digits {
-                        let value = (*digit as char)
-                            .to_digit(16)
-                            .ok_or(Http1Error::Invalid("a bad chunk size"))?;
-                        size = size * 16 + u64::from(value);
-                    }
-                    self.framing = Framing::Chunked(if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    });
-                }
-                Framing::Chunked(Chunk::Trailers) => {
-                    let Some(line) = take_line(buffer)? else {
-                        return Ok(());
-                    };
-                    // Trailers carry nothing a relay passes on.
-                    if line.is_empty() {
-                        self.framing = Framing::Done;
-                    }
-                }
-            }
-        }
-    }
-
     /// The connection, once the body was read to its end and the server allows another
     /// request on it.
     pub(super) fn into_idle(self) -> Option<Connection> {
         (self.framing == Framing::Done && self.reusable && self.connection.buffer.is_empty())
             .then_some(self.connection)
+    }
+}
+
+/// Moves the body bytes the buffer holds into `out`, as far as the framing allows.
+fn decode(framing: &mut Framing, buffer: &mut BytesMut, out: &mut Frame) -> Result<(), Http1Error> {
+    loop {
+        match *framing {
+            Framing::Done => return Ok(()),
+            Framing::UntilClose => {
+                if !buffer.is_empty() {
+                    out.push(buffer.split().freeze());
+                }
+                return Ok(());
+            }
+            Framing::Length(left) => {
+                if buffer.is_empty() {
+                    return Ok(());
+                }
+                let take = left.min(buffer.len() as u64);
+                out.push(buffer.split_to(take as usize).freeze());
+                *framing = match left - take {
+                    0 => Framing::Done,
+                    left => Framing::Length(left),
+                };
+            }
+            Framing::Chunked(Chunk::Data(left)) => {
+                if buffer.is_empty() {
+                    return Ok(());
+                }
+                let take = left.min(buffer.len() as u64);
+                out.push(buffer.split_to(take as usize).freeze());
+                *framing = Framing::Chunked(match left - take {
+                    0 => Chunk::DataEnd,
+                    left => Chunk::Data(left),
+                });
+            }
+            Framing::Chunked(Chunk::DataEnd) => match buffer.first() {
+                None => return Ok(()),
+                Some(b'\n') => {
+                    buffer.advance(1);
+                    *framing = Framing::Chunked(Chunk::Size);
+                }
+                Some(b'\r') => match buffer.get(1) {
+                    None => return Ok(()),
+                    Some(b'\n') => {
+                        buffer.advance(2);
+                        *framing = Framing::Chunked(Chunk::Size);
+                    }
+                    Some(_) => return Err(Http1Error::Invalid("a chunk longer than its size")),
+                },
+                Some(_) => return Err(Http1Error::Invalid("a chunk longer than its size")),
+            },
+            Framing::Chunked(Chunk::Size) => {
+                let Some(line) = take_line(buffer)? else {
+                    return Ok(());
+                };
+                let digits = line
+                    .split(|b| *b == b';')
+                    .next()
+                    .map(<[u8]>::trim_ascii)
+                    .unwrap_or_default();
+                if digits.is_empty() || digits.len() > 15 {
+                    return Err(Http1Error::Invalid("a bad chunk size"));
+                }
+                let mut size = 0u64;
+                for digit in digits {
+                    let value = (*digit as char)
+                        .to_digit(16)
+                        .ok_or(Http1Error::Invalid("a bad chunk size"))?;
+                    size = size * 16 + u64::from(value);
+                }
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::Trailers) => {
+                let Some(line) = take_line(buffer)? else {
+                    return Ok(());
+                };
+                // Trailers carry nothing a relay passes on.
+                if line.is_empty() {
+                    *framing = Framing::Done;
+                }
+            }
+        }
     }
 }
 
@@ -458,4 +457,113 @@ fn take_line(buffer: &mut BytesMut) -> Result<Option<Bytes>, Http1Error> {
         line.truncate(end - 1);
     }
     Ok(Some(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift: deterministic and cheap.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// Feeds `wire` to the decoder in pieces `split` chooses; the body, or the first error.
+    fn decode_in_pieces(
+        framing: Framing,
+        wire: &[u8],
+        mut split: impl FnMut(usize) -> usize,
+    ) -> Result<(Vec<u8>, Framing), Http1Error> {
+        let mut framing = framing;
+        let mut buffer = BytesMut::new();
+        let mut body = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let step = split(wire.len() - at).clamp(1, wire.len() - at);
+            buffer.extend_from_slice(&wire[at..at + step]);
+            at += step;
+            let mut out = Frame::default();
+            decode(&mut framing, &mut buffer, &mut out)?;
+            body.extend_from_slice(&out.into_bytes());
+        }
+        Ok((body, framing))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whole_however_they_are_cut() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..2_000 {
+            let mut body = Vec::new();
+            let mut wire = Vec::new();
+            for _ in 0..rng.below(6) {
+                let size = 1 + rng.below(300);
+                let chunk: Vec<u8> = (0..size).map(|_| rng.below(256) as u8).collect();
+                let extension = if rng.below(4) == 0 { ";name=value" } else { "" };
+                let hex = if rng.below(2) == 0 {
+                    format!("{size:x}")
+                } else {
+                    format!("{size:X}")
+                };
+                wire.extend_from_slice(format!("{hex}{extension}\r\n").as_bytes());
+                wire.extend_from_slice(&chunk);
+                wire.extend_from_slice(if rng.below(8) == 0 { b"\n" } else { b"\r\n" });
+                body.extend_from_slice(&chunk);
+            }
+            wire.extend_from_slice(b"0\r\n");
+            if rng.below(3) == 0 {
+                wire.extend_from_slice(b"x-checksum: abc\r\n");
+            }
+            wire.extend_from_slice(b"\r\n");
+            let (decoded, framing) =
+                decode_in_pieces(Framing::Chunked(Chunk::Size), &wire, |left| {
+                    1 + rng.below(left.min(64))
+                })
+                .unwrap();
+            assert_eq!(decoded, body);
+            assert_eq!(framing, Framing::Done);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_end_in_an_error_or_a_state_never_a_panic() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let alphabet = b"0123456789abcdefxyzABCDEF;= \r\n\r\n\n";
+        for _ in 0..5_000 {
+            let length = rng.below(200);
+            let wire: Vec<u8> = (0..length)
+                .map(|_| {
+                    if rng.below(4) == 0 {
+                        rng.below(256) as u8
+                    } else {
+                        alphabet[rng.below(alphabet.len())]
+                    }
+                })
+                .collect();
+            for framing in [
+                Framing::Chunked(Chunk::Size),
+                Framing::Length(rng.below(300) as u64 + 1),
+                Framing::UntilClose,
+            ] {
+                let result = decode_in_pieces(framing, &wire, |left| 1 + rng.below(left));
+                if let Ok((body, _)) = result {
+                    assert!(body.len() <= wire.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_length_framed_body_stops_at_its_length() {
+        let (body, framing) =
+            decode_in_pieces(Framing::Length(5), b"hello", |left| left.min(2)).unwrap();
+        assert_eq!(body, b"hello");
+        assert_eq!(framing, Framing::Done);
+    }
 }
