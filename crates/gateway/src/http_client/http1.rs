@@ -368,23 +368,19 @@ fn decode(framing: &mut Framing, buffer: &mut BytesMut, out: &mut Frame) -> Resu
                 return Ok(());
             }
             Framing::Length(left) => {
-                if buffer.is_empty() {
+                let Some(left) = take_data(buffer, left, out) else {
                     return Ok(());
-                }
-                let take = left.min(buffer.len() as u64);
-                out.push(buffer.split_to(take as usize).freeze());
-                *framing = match left - take {
+                };
+                *framing = match left {
                     0 => Framing::Done,
                     left => Framing::Length(left),
                 };
             }
             Framing::Chunked(Chunk::Data(left)) => {
-                if buffer.is_empty() {
+                let Some(left) = take_data(buffer, left, out) else {
                     return Ok(());
-                }
-                let take = left.min(buffer.len() as u64);
-                out.push(buffer.split_to(take as usize).freeze());
-                *framing = Framing::Chunked(match left - take {
+                };
+                *framing = Framing::Chunked(match left {
                     0 => Chunk::DataEnd,
                     left => Chunk::Data(left),
                 });
@@ -441,6 +437,17 @@ fn decode(framing: &mut Framing, buffer: &mut BytesMut, out: &mut Frame) -> Resu
             }
         }
     }
+}
+
+/// Moves up to `left` body bytes from `buffer` to `out`: how many are still to come, or
+/// `None` when the buffer is empty.
+fn take_data(buffer: &mut BytesMut, left: u64, out: &mut Frame) -> Option<u64> {
+    if buffer.is_empty() {
+        return None;
+    }
+    let take = left.min(buffer.len() as u64);
+    out.push(buffer.split_to(take as usize).freeze());
+    Some(left - take)
 }
 
 /// Takes one line (without its CRLF or LF) off the front of `buffer`, if a whole one is there.
