@@ -10,7 +10,9 @@
 #   DURATION=30 CONNECTIONS="64 32 1" ROUNDS=1 bench/gateway/run.sh
 #
 # Every round runs each target once, in turn; the tables show the median of each figure over
-# the rounds, so a slow spell of the shared machine does not land on one target alone.
+# the rounds, so a slow spell of the shared machine does not land on one target alone. nginx
+# and atalaya run back to back, in swapped order every other round, and the median of the
+# rounds' own ratios is printed too (steadier than a ratio of medians when the host drifts).
 #
 # Installs wrk and nginx from Debian if they are missing. Traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -74,8 +76,15 @@ for round in $(seq "$rounds"); do
 for conns in $connections; do
   for body in chat.json chat-stream.json; do
     run mock "http://127.0.0.1:$mock_port/v1/chat/completions" "$upstream_key" "$body" "$conns" "$mock_pid"
-    run nginx "http://127.0.0.1:$nginx_port/v1/chat/completions" "$upstream_key" "$body" "$conns" $(nginx_pids)
-    run atalaya "http://127.0.0.1:$atalaya_port/v1/chat/completions" "$gateway_key" "$body" "$conns" "$atalaya_pid"
+    # nginx and atalaya back to back, their order swapped every round (a drift over two
+    # rounds cancels), so each round gives one ratio from runs seconds apart.
+    if (( round % 2 )); then
+      run nginx "http://127.0.0.1:$nginx_port/v1/chat/completions" "$upstream_key" "$body" "$conns" $(nginx_pids)
+      run atalaya "http://127.0.0.1:$atalaya_port/v1/chat/completions" "$gateway_key" "$body" "$conns" "$atalaya_pid"
+    else
+      run atalaya "http://127.0.0.1:$atalaya_port/v1/chat/completions" "$gateway_key" "$body" "$conns" "$atalaya_pid"
+      run nginx "http://127.0.0.1:$nginx_port/v1/chat/completions" "$upstream_key" "$body" "$conns" $(nginx_pids)
+    fi
   done
   # Translation: the same Anthropic upstream, reached by an Anthropic client (same format,
   # passed through) and by an OpenAI client (translated both ways).
@@ -130,6 +139,14 @@ for (name, body, conns), f in rows.items():
     direct = rows.get(("mock", body, conns)) if name != "mock" else None
     ratio = f"{float(f['rps']) / float(nginx['rps']) * 100:.0f}%" if nginx else ""
     print(f"{body + ' ' + conns:<24}{name:<9}{cells(f, direct)}{ratio:>9}")
+
+print()
+print("atalaya vs nginx per round (the two runs back to back): median, and the rounds' range.")
+for (name, body, conns), taken in runs.items():
+    if name != "atalaya" or ("nginx", body, conns) not in runs:
+        continue
+    ratios = [float(a["rps"]) / float(n["rps"]) * 100 for a, n in zip(taken, runs[("nginx", body, conns)])]
+    print(f"  {body + ' ' + conns:<24}{statistics.median(ratios):>5.0f}%   ({min(ratios):.0f}–{max(ratios):.0f} %)")
 
 print()
 print("Translation. anthropic: Anthropic client -> Anthropic upstream (passed through);")
