@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use atalaya_store::{AnalyticsFilter, Dimension, Grouping, HOUR_MS, RequestLogRow, Store};
@@ -86,18 +88,6 @@ fn keys() -> u64 {
     })
 }
 
-/// The process's user + system CPU time, from /proc (0 where there is none).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
-}
-
 fn main() {
     let total: u64 = std::env::var("ATALAYA_BENCH_ROWS")
         .ok()
@@ -111,23 +101,14 @@ fn main() {
     let url = format!("sqlite://{}/bench.db", dir.path().display());
     runtime.block_on(async {
         let store = Store::connect(&url).await.unwrap();
-        if let Ok(sql) = std::env::var("ATALAYA_BENCH_SQL") {
-            use sqlx::Connection as _;
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            for stmt in sql.split(';').filter(|s| !s.trim().is_empty()) {
-                sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-            }
-        }
+        common::run_bench_sql(&url).await;
         let now = atalaya_store::now_ms();
         let start_ms = now - 30 * DAY_MS;
         let spacing = (30 * DAY_MS) / total as i64;
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
 
         let started = Instant::now();
-        let cpu_before = cpu_seconds();
+        let cpu_before = common::cpu_seconds();
         let mut batch = Vec::with_capacity(512);
         for i in 0..total {
             batch.push(row(&mut rng, i, start_ms + i as i64 * spacing));
@@ -138,7 +119,7 @@ fn main() {
         }
         store.insert_request_logs(&batch).await.unwrap();
         let insert = started.elapsed();
-        let cpu = cpu_seconds() - cpu_before;
+        let cpu = common::cpu_seconds() - cpu_before;
         println!(
             "insert   {total} rows in {:.1} s: {:.0} rows/s (batches of 512), {:.2} µs CPU per row",
             insert.as_secs_f64(),

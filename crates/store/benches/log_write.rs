@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Instant;
 
 use atalaya_store::{RequestLogRow, Store};
@@ -16,18 +18,6 @@ use atalaya_store::{RequestLogRow, Store};
 /// As the `atalaya` binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The process's user + system CPU time in seconds, from /proc (0 where there is none).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
-}
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -84,34 +74,25 @@ fn main() {
         .collect();
 
     // What copying the batches costs (the bench's insert copies them; the writer does not).
-    let cpu_before = cpu_seconds();
+    let cpu_before = common::cpu_seconds();
     let mut copied = 0;
     for _ in 0..3 {
         for rows in &batches {
             copied += std::hint::black_box(rows.to_vec()).len();
         }
     }
-    let copy_us = (cpu_seconds() - cpu_before) * 1e6 / copied as f64;
+    let copy_us = (common::cpu_seconds() - cpu_before) * 1e6 / copied as f64;
 
     runtime.block_on(async {
         let store = Store::connect(&url).await.unwrap();
-        if let Ok(sql) = std::env::var("ATALAYA_BENCH_SQL") {
-            use sqlx::Connection as _;
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            for stmt in sql.split(';').filter(|s| !s.trim().is_empty()) {
-                sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-            }
-        }
+        common::run_bench_sql(&url).await;
         let started = Instant::now();
-        let cpu_before = cpu_seconds();
+        let cpu_before = common::cpu_seconds();
         for rows in &batches {
             store.insert_request_logs(rows).await.unwrap();
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let cpu_us = (cpu_seconds() - cpu_before) * 1e6 / total as f64 - copy_us;
+        let cpu_us = (common::cpu_seconds() - cpu_before) * 1e6 / total as f64 - copy_us;
         println!(
             "request-log write: {total} rows in batches of {batch} in {elapsed:.2} s: {:.0} rows/s, {cpu_us:.2} µs CPU per row (copying the batches, {copy_us:.2} µs a row, taken out)",
             total as f64 / elapsed

@@ -30,6 +30,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// Longest chunk-size or trailer line.
 const MAX_LINE: usize = 4 * 1024;
+/// Bodies up to this size go out in the same write as the head (copied after it).
+const SMALL_BODY: usize = 64 * 1024;
 /// What a read asks the kernel for at least.
 const READ_SIZE: usize = 8 * 1024;
 
@@ -127,7 +129,8 @@ impl Connection {
         uri: &Uri,
         body: &[u8],
     ) -> std::io::Result<()> {
-        let mut out = Vec::with_capacity(256 + head.headers.len() * 32 + body.len().min(64 << 10));
+        let mut out =
+            Vec::with_capacity(256 + head.headers.len() * 32 + body.len().min(SMALL_BODY));
         out.extend_from_slice(head.method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(
@@ -167,7 +170,7 @@ impl Connection {
             let _ = write!(out, "content-length: {}\r\n", body.len());
         }
         out.extend_from_slice(b"\r\n");
-        if body.len() <= 64 << 10 {
+        if body.len() <= SMALL_BODY {
             out.extend_from_slice(body);
             self.io.write_all(&out).await
         } else {
