@@ -257,7 +257,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
             .filter(|k| !k.is_empty());
     }
     headers
-        .get("x-api-key")
+        .get(crate::header_names::X_API_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|k| !k.is_empty())

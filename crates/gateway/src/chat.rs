@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::http_client::UpstreamResponse;
 use crate::providers::{Call, Route, SIM_CHAT_MODEL, Upstream, UpstreamFailure};
 use crate::relay::{self, Decoder, Encoder, Framing, Transcoder, Translator, UpstreamStream};
-use crate::{ClientFormat, Exchange, Gateway, RequestContext};
+use crate::{ClientFormat, Exchange, Gateway, RequestContext, header_names};
 
 /// A JSON response with `status`.
 pub(crate) fn json(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
@@ -41,7 +41,7 @@ pub(crate) fn json(status: StatusCode, body: impl Into<axum::body::Body>) -> Res
 /// (`x-atalaya-drop-params: true`).
 pub(crate) fn drop_requested(headers: &HeaderMap) -> bool {
     headers
-        .get("x-atalaya-drop-params")
+        .get(header_names::X_ATALAYA_DROP_PARAMS)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
@@ -277,12 +277,12 @@ pub(crate) fn upstream_stream(response: UpstreamResponse) -> UpstreamStream {
 pub(crate) async fn read(
     leg: &Leg<'_>,
     upstream: &Upstream,
-    response: UpstreamResponse,
+    mut response: UpstreamResponse,
     started: Instant,
     exchange: &mut Exchange,
 ) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
     let status = response.status();
-    let headers = response.headers().clone();
+    let headers = response.take_headers();
     let remaining = leg.limits.body_left(upstream.timeout, started);
     let bytes = upstream
         .read_body(response, remaining)
@@ -566,7 +566,12 @@ fn retry_after(headers: &HeaderMap) -> Option<HeaderValue> {
     if let Some(value) = headers.get(header::RETRY_AFTER) {
         return Some(value.clone());
     }
-    let millis: f64 = headers.get("retry-after-ms")?.to_str().ok()?.parse().ok()?;
+    let millis: f64 = headers
+        .get(header_names::RETRY_AFTER_MS)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
     HeaderValue::from_str(&format!("{}", (millis / 1000.0).ceil().max(1.0) as u64)).ok()
 }
 
@@ -640,33 +645,21 @@ pub(crate) fn rate_limit_notes(
     kind: ProviderKind,
     headers: &HeaderMap,
 ) -> Vec<(HeaderName, HeaderValue)> {
-    let sources: [(&str, &'static str); 2] = match kind {
-        ProviderKind::OpenAi | ProviderKind::Azure => [
-            (
-                "x-ratelimit-remaining-requests",
-                "x-atalaya-upstream-ratelimit-remaining-requests",
-            ),
-            (
-                "x-ratelimit-remaining-tokens",
-                "x-atalaya-upstream-ratelimit-remaining-tokens",
-            ),
-        ],
-        ProviderKind::Anthropic => [
-            (
-                "anthropic-ratelimit-requests-remaining",
-                "x-atalaya-upstream-ratelimit-remaining-requests",
-            ),
-            (
-                "anthropic-ratelimit-tokens-remaining",
-                "x-atalaya-upstream-ratelimit-remaining-tokens",
-            ),
-        ],
+    use header_names::*;
+    let (requests, tokens) = match kind {
+        ProviderKind::OpenAi | ProviderKind::Azure => {
+            (OPENAI_REMAINING_REQUESTS, OPENAI_REMAINING_TOKENS)
+        }
+        ProviderKind::Anthropic => (ANTHROPIC_REMAINING_REQUESTS, ANTHROPIC_REMAINING_TOKENS),
         _ => return Vec::new(),
     };
-    sources
-        .iter()
-        .filter_map(|(from, to)| Some((HeaderName::from_static(to), headers.get(*from)?.clone())))
-        .collect()
+    [
+        (requests, UPSTREAM_REMAINING_REQUESTS),
+        (tokens, UPSTREAM_REMAINING_TOKENS),
+    ]
+    .into_iter()
+    .filter_map(|(from, to)| Some((to, headers.get(from)?.clone())))
+    .collect()
 }
 
 pub(crate) fn with_notes(

@@ -26,7 +26,7 @@ use crate::openai::{ChatRequest, EmbeddingRequest};
 use crate::providers::{Adapter, Route};
 use crate::relay::{Transcoder, sse_response};
 use crate::routing::{Facts, Health, Unfit};
-use crate::{Exchange, Gateway, RequestContext};
+use crate::{Exchange, Gateway, RequestContext, header_names};
 
 /// The request as the client sent it, in its format.
 pub(crate) enum Inbound<'a> {
@@ -185,7 +185,7 @@ fn retry_after_of(error: &ApiError) -> Option<Duration> {
 /// clients that retry on their own.
 fn max_attempts(headers: &HeaderMap, configured: u32) -> u32 {
     headers
-        .get("x-atalaya-max-attempts")
+        .get(header_names::X_ATALAYA_MAX_ATTEMPTS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u32>().ok())
         .map_or(configured, |asked| asked.min(configured))
@@ -195,7 +195,7 @@ fn max_attempts(headers: &HeaderMap, configured: u32) -> u32 {
 /// `x-atalaya-timeout-ms` (total), `x-atalaya-ttfb-timeout-ms` and
 /// `x-atalaya-idle-timeout-ms` (between stream chunks) override a model's limits.
 fn header_timeouts(headers: &HeaderMap, mut timeouts: Timeouts) -> Timeouts {
-    let millis = |name: &str| {
+    let millis = |name: HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -203,13 +203,13 @@ fn header_timeouts(headers: &HeaderMap, mut timeouts: Timeouts) -> Timeouts {
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis)
     };
-    if let Some(total) = millis("x-atalaya-timeout-ms") {
+    if let Some(total) = millis(header_names::X_ATALAYA_TIMEOUT_MS) {
         timeouts.total = Some(total);
     }
-    if let Some(ttfb) = millis("x-atalaya-ttfb-timeout-ms") {
+    if let Some(ttfb) = millis(header_names::X_ATALAYA_TTFB_TIMEOUT_MS) {
         timeouts.ttfb = Some(ttfb);
     }
-    if let Some(idle) = millis("x-atalaya-idle-timeout-ms") {
+    if let Some(idle) = millis(header_names::X_ATALAYA_IDLE_TIMEOUT_MS) {
         timeouts.idle = Some(idle);
     }
     timeouts
@@ -451,10 +451,10 @@ pub(crate) async fn serve(
                     }
                     let headers = response.headers_mut();
                     if let Ok(value) = HeaderValue::from_str(&deployment.id) {
-                        headers.insert(HeaderName::from_static("x-atalaya-deployment"), value);
+                        headers.insert(header_names::X_ATALAYA_DEPLOYMENT, value);
                     }
                     headers.insert(
-                        HeaderName::from_static("x-atalaya-attempts"),
+                        header_names::X_ATALAYA_ATTEMPTS,
                         HeaderValue::from(attempts),
                     );
                     if let Some(limit_headers) = limit_headers {

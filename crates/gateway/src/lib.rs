@@ -24,6 +24,7 @@ mod error;
 mod errors;
 pub mod events;
 mod guardrails;
+mod header_names;
 pub mod health;
 mod http_client;
 mod inbound;
@@ -817,11 +818,17 @@ fn endpoint_label(path: &str) -> &'static str {
 fn request_id(request: &Request) -> Arc<str> {
     request
         .headers()
-        .get("x-request-id")
+        .get(header_names::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(Arc::from)
-        .unwrap_or_else(|| Arc::from(format!("req_{}", uuid::Uuid::now_v7().simple())))
+        .unwrap_or_else(|| {
+            let mut id = [0u8; uuid::fmt::Simple::LENGTH];
+            let mut text = String::with_capacity(4 + id.len());
+            text.push_str("req_");
+            text.push_str(uuid::Uuid::now_v7().simple().encode_lower(&mut id));
+            Arc::from(text)
+        })
 }
 
 /// Outermost layer (see [`Context`]) for every route but the data plane's, which does the
@@ -934,7 +941,9 @@ impl Context {
             });
         }
         if let Some(value) = self.header_value {
-            response.headers_mut().insert("x-request-id", value);
+            response
+                .headers_mut()
+                .insert(header_names::X_REQUEST_ID, value);
         }
         response
     }

@@ -6,38 +6,15 @@
 //! (replaced by the upstream model) and `stream_options` (usage is always requested so it
 //! is never lost).
 
-use std::fmt;
+use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use atalaya_translate::RawObject;
 use atalaya_translate::openai::Quirks;
 
 use crate::error::ApiError;
-
-/// A JSON object's top-level fields, in order, values unparsed.
-struct RawObject<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for ObjectVisitor<'a> {
-            type Value = RawObject<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
-                    fields.push((key, value));
-                }
-                Ok(RawObject(fields))
-            }
-        }
-        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -180,7 +157,7 @@ fn string_value(raw: &RawValue) -> Result<String, serde_json::Error> {
 
 /// Checks every known field's type, then returns the required string `model`.
 fn check_fields(
-    fields: &[(String, &RawValue)],
+    fields: &[(Cow<'_, str>, &RawValue)],
     expect_of: fn(&str) -> Option<Expect>,
 ) -> Result<String, ApiError> {
     let mut model = None;
@@ -217,57 +194,100 @@ const ROLES: &[&str] = &[
     "function",
 ];
 
-fn check_messages(raw: &RawValue) -> Result<(), ApiError> {
-    let messages: Vec<&RawValue> =
-        serde_json::from_str(raw.get()).map_err(|_| wrong_type("messages", Expect::Array, raw))?;
-    if messages.is_empty() {
-        return Err(ApiError::invalid_request(
-            "empty_array",
-            "Invalid 'messages': empty array. Send at least one message, e.g. [{\"role\": \"user\", \"content\": \"Hello\"}].",
-        )
-        .with_param("messages"));
+/// Whether a raw JSON string is one of `ROLES`: read in place when it holds no escapes.
+fn known_role(role: &RawValue) -> Result<bool, ()> {
+    let text = role.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Ok(ROLES.contains(&inner)),
+        _ => string_value(role)
+            .map(|name| ROLES.contains(&name.as_str()))
+            .map_err(|_| ()),
     }
+}
+
+/// Each message an object with a known `role` and a string, array or null `content`. One
+/// pass reads the array as objects; only a request that fails it is read again, element by
+/// element, to say which message is wrong.
+fn check_messages(raw: &RawValue) -> Result<(), ApiError> {
+    let Ok(messages) = serde_json::from_str::<Vec<RawObject<'_>>>(raw.get()) else {
+        return Err(bad_message(raw));
+    };
+    if messages.is_empty() {
+        return Err(empty_messages());
+    }
+    for (index, RawObject(fields)) in messages.iter().enumerate() {
+        let role = fields.iter().find(|(name, _)| name == "role");
+        let content = fields.iter().find(|(name, _)| name == "content");
+        let content_ok = content
+            .is_none_or(|(_, c)| matches!(Kind::of(c), Kind::String | Kind::Array | Kind::Null));
+        if !(role.is_some_and(|(_, role)| known_role(role) == Ok(true)) && content_ok) {
+            return check_message(index, fields);
+        }
+    }
+    Ok(())
+}
+
+fn empty_messages() -> ApiError {
+    ApiError::invalid_request(
+        "empty_array",
+        "Invalid 'messages': empty array. Send at least one message, e.g. [{\"role\": \"user\", \"content\": \"Hello\"}].",
+    )
+    .with_param("messages")
+}
+
+/// The error for a `messages` that is not an array of objects, naming the first element
+/// that is not one.
+fn bad_message(raw: &RawValue) -> ApiError {
+    let Ok(messages) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) else {
+        return wrong_type("messages", Expect::Array, raw);
+    };
     for (index, message) in messages.iter().enumerate() {
-        let field = |name: &str| format!("messages[{index}].{name}");
-        if Kind::of(message) != Kind::Object {
-            return Err(wrong_type(
-                &format!("messages[{index}]"),
-                Expect::Object,
-                message,
-            ));
+        let object = (Kind::of(message) == Kind::Object)
+            .then(|| serde_json::from_str::<RawObject<'_>>(message.get()).ok())
+            .flatten();
+        match object {
+            None => return wrong_type(&format!("messages[{index}]"), Expect::Object, message),
+            Some(RawObject(fields)) => {
+                if let Err(error) = check_message(index, &fields) {
+                    return error;
+                }
+            }
         }
-        let object: RawObject<'_> = serde_json::from_str(message.get())
-            .map_err(|_| wrong_type(&format!("messages[{index}]"), Expect::Object, message))?;
-        let role = object
-            .0
-            .iter()
-            .find(|(name, _)| name == "role")
-            .map(|(_, raw)| *raw);
-        let Some(role) = role else {
-            return Err(missing(&field("role")));
-        };
-        let role_name =
-            string_value(role).map_err(|_| wrong_type(&field("role"), Expect::String, role))?;
-        if !ROLES.contains(&role_name.as_str()) {
-            return Err(ApiError::invalid_request(
-                "invalid_value",
-                format!(
-                    "Invalid value for '{}': '{role_name}'. Supported values are: {}.",
-                    field("role"),
-                    ROLES.join(", ")
-                ),
-            )
-            .with_param(field("role")));
-        }
-        if let Some((_, content)) = object.0.iter().find(|(name, _)| name == "content")
-            && !matches!(Kind::of(content), Kind::String | Kind::Array | Kind::Null)
-        {
-            return Err(wrong_type(
-                &field("content"),
-                Expect::StringOrArray,
-                content,
-            ));
-        }
+    }
+    wrong_type("messages", Expect::Array, raw)
+}
+
+/// What is wrong with message `index`, whose fields are `fields`.
+fn check_message(index: usize, fields: &[(Cow<'_, str>, &RawValue)]) -> Result<(), ApiError> {
+    let field = |name: &str| format!("messages[{index}].{name}");
+    let role = fields
+        .iter()
+        .find(|(name, _)| name == "role")
+        .map(|(_, raw)| *raw);
+    let Some(role) = role else {
+        return Err(missing(&field("role")));
+    };
+    let role_name =
+        string_value(role).map_err(|_| wrong_type(&field("role"), Expect::String, role))?;
+    if !ROLES.contains(&role_name.as_str()) {
+        return Err(ApiError::invalid_request(
+            "invalid_value",
+            format!(
+                "Invalid value for '{}': '{role_name}'. Supported values are: {}.",
+                field("role"),
+                ROLES.join(", ")
+            ),
+        )
+        .with_param(field("role")));
+    }
+    if let Some((_, content)) = fields.iter().find(|(name, _)| name == "content")
+        && !matches!(Kind::of(content), Kind::String | Kind::Array | Kind::Null)
+    {
+        return Err(wrong_type(
+            &field("content"),
+            Expect::StringOrArray,
+            content,
+        ));
     }
     Ok(())
 }
@@ -278,7 +298,7 @@ pub(crate) struct ChatRequest<'a> {
     pub stream: bool,
     /// Whether the client itself asked for the usage chunk.
     pub client_wants_usage: bool,
-    fields: Vec<(String, &'a RawValue)>,
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
 impl<'a> ChatRequest<'a> {
@@ -350,7 +370,7 @@ impl<'a> ChatRequest<'a> {
         let mut saw_stream_options = false;
         let has_max_tokens = self.fields.iter().any(|(name, _)| name == "max_tokens");
         for (name, raw) in &self.fields {
-            let key = match name.as_str() {
+            let key = match name.as_ref() {
                 "max_completion_tokens" if quirks.legacy_max_tokens => {
                     if has_max_tokens {
                         continue;
@@ -426,7 +446,7 @@ pub(crate) fn replace_model(body: &[u8], model: &str) -> Result<Vec<u8>, ApiErro
 /// A validated embeddings request.
 pub(crate) struct EmbeddingRequest<'a> {
     pub model: String,
-    fields: Vec<(String, &'a RawValue)>,
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
 impl<'a> EmbeddingRequest<'a> {

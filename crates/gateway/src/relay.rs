@@ -284,7 +284,10 @@ pub(crate) fn event_stream(body: Body) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells a fronting nginx not to buffer the stream.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert(
+        crate::header_names::X_ACCEL_BUFFERING,
+        HeaderValue::from_static("no"),
+    );
     response
 }
 

@@ -21,6 +21,20 @@ pub(crate) struct Trace {
     state: Option<HeaderValue>,
 }
 
+/// Names made once: parsing a non-standard name allocates, and looking one up by `&str`
+/// parses it.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Appends `value`'s low `digits` hex digits, lowercase and zero-padded (what `{:0Nx}` writes,
+/// without the formatting machinery, which was most of a trace's cost per request).
+fn push_hex(text: &mut String, value: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for at in (0..digits).rev() {
+        text.push(char::from(HEX[((value >> (at * 4)) & 0xf) as usize]));
+    }
+}
+
 fn is_hex(text: &str, len: usize) -> bool {
     text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -29,7 +43,7 @@ impl Trace {
     /// The caller's trace when its `traceparent` is valid, else a new one.
     pub fn from_headers(headers: &HeaderMap) -> Trace {
         let parsed = headers
-            .get("traceparent")
+            .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(Trace::parse);
         match parsed {
@@ -37,7 +51,7 @@ impl Trace {
                 id: Arc::from(id),
                 parent: Some(SpanId(parent)),
                 flags,
-                state: headers.get("tracestate").cloned(),
+                state: headers.get(TRACESTATE).cloned(),
             },
             None => Trace::new(),
         }
@@ -45,8 +59,10 @@ impl Trace {
 
     pub fn new() -> Trace {
         let id: u128 = rand::rng().random::<u128>().max(1);
+        let mut text = String::with_capacity(32);
+        push_hex(&mut text, id, 32);
         Trace {
-            id: Arc::from(format!("{id:032x}")),
+            id: Arc::from(text),
             parent: None,
             flags: u8::from(otlp::samples(id)),
             state: None,
@@ -84,13 +100,16 @@ impl Trace {
     /// The headers for one upstream call: this trace with `span` (the upstream call's own
     /// span) as the parent.
     pub fn upstream_headers(&self, span: SpanId) -> Vec<(HeaderName, HeaderValue)> {
-        // Names made once: parsing a non-standard name allocates.
-        const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-        const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
         let mut headers = Vec::with_capacity(2);
-        if let Ok(value) =
-            HeaderValue::from_str(&format!("00-{}-{span}-{:02x}", self.id, self.flags & 0x01))
-        {
+        // `00-{id}-{span:016x}-{flags:02x}`
+        let mut text = String::with_capacity(55);
+        text.push_str("00-");
+        text.push_str(&self.id);
+        text.push('-');
+        push_hex(&mut text, u128::from(span.0), 16);
+        text.push('-');
+        push_hex(&mut text, u128::from(self.flags & 0x01), 2);
+        if let Ok(value) = HeaderValue::try_from(text) {
             headers.push((TRACEPARENT, value));
         }
         if let Some(state) = &self.state {
@@ -126,6 +145,33 @@ mod tests {
         assert!(!parent.contains("00f067aa0ba902b7"));
         assert_eq!(out[1].0, "tracestate");
         assert_eq!(out[1].1, HeaderValue::from_static("vendor=1"));
+    }
+
+    #[test]
+    fn hex_is_written_as_format_writes_it() {
+        for value in [
+            0u128,
+            1,
+            0xf,
+            0x10,
+            0xabcdef,
+            u128::from(u64::MAX),
+            u128::MAX,
+        ] {
+            let mut text = String::new();
+            push_hex(&mut text, value, 32);
+            assert_eq!(text, format!("{value:032x}"));
+            let mut text = String::new();
+            push_hex(&mut text, value & u128::from(u64::MAX), 16);
+            assert_eq!(text, format!("{:016x}", value & u128::from(u64::MAX)));
+        }
+        let trace = Trace::new();
+        let span = SpanId(0x00f067aa0ba902b7);
+        let out = trace.upstream_headers(span);
+        assert_eq!(
+            out[0].1.to_str().unwrap(),
+            format!("00-{}-{span}-{:02x}", trace.id, u8::from(trace.sampled()))
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub mod sigv4;
 pub mod sse;
 mod wire;
 
+pub use wire::RawObject;
+
 use serde_json::{Value, json};
 
 pub use chat::{

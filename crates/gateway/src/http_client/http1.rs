@@ -196,15 +196,34 @@ impl Connection {
                         } else {
                             Version::HTTP_11
                         };
-                        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+                        // Values share the head's bytes instead of each being copied: where
+                        // each lies in the buffer is noted, then the head is split off.
+                        let start = self.buffer.as_ptr() as usize;
+                        let mut named = Vec::with_capacity(parsed.headers.len());
                         for header in parsed.headers.iter() {
                             let name = HeaderName::from_bytes(header.name.as_bytes())
                                 .map_err(|_| Http1Error::Invalid("a bad header name"))?;
-                            let value = HeaderValue::from_bytes(header.value)
+                            // An empty value may point anywhere; any other lies in the head.
+                            let range = if header.value.is_empty() {
+                                0..0
+                            } else {
+                                let at = (header.value.as_ptr() as usize)
+                                    .checked_sub(start)
+                                    .filter(|at| at + header.value.len() <= length)
+                                    .ok_or(Http1Error::Invalid(
+                                        "a header value outside the head",
+                                    ))?;
+                                at..at + header.value.len()
+                            };
+                            named.push((name, range));
+                        }
+                        let head = self.buffer.split_to(length).freeze();
+                        let mut headers = HeaderMap::with_capacity(named.len());
+                        for (name, range) in named {
+                            let value = HeaderValue::from_maybe_shared(head.slice(range))
                                 .map_err(|_| Http1Error::Invalid("a bad header value"))?;
                             headers.append(name, value);
                         }
-                        self.buffer.advance(length);
                         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
                             continue;
                         }

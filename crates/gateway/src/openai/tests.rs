@@ -114,6 +114,32 @@ fn bad_requests_name_the_field() {
             "invalid_type",
             "messages[0]",
         ),
+        // The first wrong message is named, whatever is wrong with a later one.
+        (
+            br#"{"model":"m","messages":[{"role":"user","content":"x"},{"role":"wizard"},3]}"#,
+            "invalid_value",
+            "messages[1].role",
+        ),
+        (
+            br#"{"model":"m","messages":[{"role":"user","content":"x"},3,{"role":"wizard"}]}"#,
+            "invalid_type",
+            "messages[1]",
+        ),
+        (
+            br#"{"model":"m","messages":[{"role":7,"content":"x"}]}"#,
+            "invalid_type",
+            "messages[0].role",
+        ),
+        (
+            br#"{"model":"m","messages":[{"role":"user","content":"x"},{"role":"user","content":{}}]}"#,
+            "invalid_type",
+            "messages[1].content",
+        ),
+        (
+            br#"{"model":"m","messages":[{"role":"us\u0065rs","content":"x"}]}"#,
+            "invalid_value",
+            "messages[0].role",
+        ),
     ];
     for (body, code, param) in cases {
         let error = ChatRequest::parse(body)
@@ -128,6 +154,17 @@ fn bad_requests_name_the_field() {
         );
         assert_eq!(error.status, 400);
     }
+}
+
+#[test]
+fn escaped_names_and_roles_read_as_their_text() {
+    // `\u0065` is `e`: the same field names and role, spelled with escapes.
+    let request = ChatRequest::parse(
+        br#"{"mod\u0065l":"m","messag\u0065s":[{"rol\u0065":"us\u0065r","content":"x"}],"str\u0065am":true}"#,
+    )
+    .unwrap();
+    assert_eq!(request.model, "m");
+    assert!(request.stream);
 }
 
 #[test]
