@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{Connection, ToSql, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 
 use crate::{RequestLogRow, analytics};
 
@@ -104,36 +104,44 @@ pub(crate) fn write(connection: &mut Connection, rows: &[RequestLogRow]) -> rusq
         let (chunk, tail) = rest.split_at(STATEMENT_ROWS[index]);
         rest = tail;
         let mut insert = transaction.prepare_cached(insert_sql(index))?;
-        for (at, row) in chunk.iter().enumerate() {
-            let first = at * COLUMNS + 1;
-            let values: [&dyn ToSql; COLUMNS] = [
+        let mut parameter = 0;
+        // Bound one by one with their own types rather than through a `[&dyn ToSql]`: a
+        // virtual call and a result check less per value, 22 values a row.
+        macro_rules! bind {
+            ($($value:expr),* $(,)?) => {
+                $(
+                    parameter += 1;
+                    insert.raw_bind_parameter(parameter, $value)?;
+                )*
+            };
+        }
+        for row in chunk {
+            bind!(
                 &row.request_id,
-                &row.created_at_ms,
+                row.created_at_ms,
                 &row.key_id,
                 &row.team,
                 &row.endpoint,
                 &row.model,
                 &row.provider,
                 &row.upstream_model,
-                &row.stream,
-                &row.status,
-                &row.latency_ms,
-                &row.ttft_ms,
-                &row.prompt_tokens,
-                &row.completion_tokens,
-                &row.cached_tokens,
-                &row.usage_estimated,
-                &row.cost_usd,
+                row.stream,
+                row.status,
+                row.latency_ms,
+                row.ttft_ms,
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.cached_tokens,
+                row.usage_estimated,
+                row.cost_usd,
                 &row.deployment,
-                &row.attempts,
-                &row.retries,
+                row.attempts,
+                row.retries,
                 &row.fallback_path,
                 &row.error,
-            ];
-            for (offset, value) in values.into_iter().enumerate() {
-                insert.raw_bind_parameter(first + offset, value)?;
-            }
+            );
         }
+        debug_assert_eq!(parameter, chunk.len() * COLUMNS);
         insert.raw_execute()?;
     }
     let last_seq = transaction.last_insert_rowid();
