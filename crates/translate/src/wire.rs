@@ -130,6 +130,113 @@ fn string_end(body: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
+/// A cursor over JSON text for reading a few known fields without building anything: each
+/// step either moves past what it read or says it cannot (`None`/`false`), and the caller
+/// then falls back to serde, which decides what the text means.
+pub(crate) struct Scan<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scan<'a> {
+    pub(crate) fn new(text: &'a [u8]) -> Scan<'a> {
+        Scan { text, at: 0 }
+    }
+
+    fn space(&mut self) {
+        while matches!(self.text.get(self.at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// Moves past `byte` (after any whitespace) if it is next.
+    pub(crate) fn eat(&mut self, byte: u8) -> bool {
+        self.space();
+        let next = self.text.get(self.at) == Some(&byte);
+        self.at += usize::from(next);
+        next
+    }
+
+    /// Moves past `null` if it is next.
+    pub(crate) fn null(&mut self) -> bool {
+        self.space();
+        let next = self.text[self.at.min(self.text.len())..].starts_with(b"null");
+        self.at += if next { 4 } else { 0 };
+        next
+    }
+
+    /// A string without escapes, its contents; `None` for anything else.
+    pub(crate) fn plain_string(&mut self) -> Option<&'a [u8]> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let end = self.at + memchr::memchr2(b'"', b'\\', self.text.get(self.at..)?)?;
+        if self.text[end] != b'"' {
+            return None;
+        }
+        let contents = &self.text[self.at..end];
+        self.at = end + 1;
+        Some(contents)
+    }
+
+    /// A non-negative integer as JSON writes one (no sign, fraction, exponent or leading
+    /// zero) that fits a `u64`; `None` for anything else.
+    pub(crate) fn integer(&mut self) -> Option<u64> {
+        self.space();
+        let rest = self.text.get(self.at..)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0
+            || (digits > 1 && rest[0] == b'0')
+            || matches!(rest.get(digits), Some(b'.' | b'e' | b'E'))
+        {
+            return None;
+        }
+        let value = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+        self.at += digits;
+        Some(value)
+    }
+
+    /// Moves past one value of any kind. Strings and nesting are followed exactly; numbers
+    /// and literals are taken up to the next delimiter, unchecked.
+    pub(crate) fn skip_value(&mut self) -> Option<()> {
+        self.space();
+        match *self.text.get(self.at)? {
+            b'"' => self.at = string_end(self.text, self.at + 1)? + 1,
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match *self.text.get(self.at)? {
+                        b'"' => self.at = string_end(self.text, self.at + 1)?,
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.at += 1;
+                                return Some(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.at += 1;
+                }
+            }
+            _ => {
+                let start = self.at;
+                while !matches!(
+                    self.text.get(self.at),
+                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                ) {
+                    self.at += 1;
+                }
+                if self.at == start {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    }
+}
+
 pub(crate) fn kind(raw: &RawValue) -> &'static str {
     match raw.get().as_bytes().first() {
         Some(b'{') => "an object",

@@ -339,3 +339,68 @@ fn another_formats_unknown_fields_are_refused_not_copied() {
     let body = encode_request(&request, &target(), &Quirks::default()).unwrap();
     assert!(String::from_utf8(body).unwrap().contains("\"prediction\""));
 }
+
+/// What serde alone makes of a `usage` value.
+fn serde_usage(text: &str) -> Option<Usage> {
+    let mut reader = serde_json::Deserializer::from_slice(text.as_bytes());
+    Option::<WireUsage>::deserialize(&mut reader)
+        .ok()
+        .flatten()
+        .map(WireUsage::canonical)
+}
+
+#[test]
+fn usage_read_in_place_agrees_with_serde() {
+    let read_in_place = [
+        "null",
+        "{}",
+        r#"{"prompt_tokens":30,"completion_tokens":22,"total_tokens":52,"prompt_tokens_details":{"cached_tokens":7,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":3,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}"#,
+        r#" { "prompt_tokens" : 1 ,
+            "completion_tokens":2 } "#,
+        r#"{"prompt_tokens":null,"completion_tokens":5,"prompt_tokens_details":null}"#,
+        r#"{"completion_tokens":5,"prompt_tokens_details":{},"completion_tokens_details":{"reasoning_tokens":null}}"#,
+        r#"{"x":{"prompt_tokens":99,"s":"}\"{"},"y":[1,[2,{"z":"]"}]],"prompt_tokens":4,"w":true,"v":-1.5e3}"#,
+        r#"{"prompt_tokens":18446744073709551615,"completion_tokens":0}"#,
+    ];
+    for text in read_in_place {
+        let quick = quick_usage(text.as_bytes()).unwrap_or_else(|| panic!("not read: {text}"));
+        assert_eq!(quick.map(WireUsage::canonical), serde_usage(text), "{text}");
+        assert_eq!(
+            usage_of(format!(r#"{{"id":"x","usage":{text}}}"#).as_bytes()),
+            serde_usage(text),
+            "{text}"
+        );
+    }
+    // Left to serde, which reads some and refuses others; usage_of says what serde says.
+    let left_to_serde = [
+        r#"{"prompt_tokens":1.0}"#,
+        r#"{"prompt_tokens":-1}"#,
+        r#"{"prompt_tokens":01}"#,
+        r#"{"prompt_tokens":1e2}"#,
+        r#"{"prompt_tokens":"1"}"#,
+        r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+        r#"{"prompt_tok\u0065ns":9}"#,
+        r#"{"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":2}}"#,
+        r#"{"prompt_tokens_details":[1]}"#,
+        r#"{"prompt_tokens":18446744073709551616}"#,
+        r#"{"prompt_tokens":1"#,
+        r#"{"prompt_tokens" 1}"#,
+        "[]",
+        "7",
+        "",
+    ];
+    for text in left_to_serde {
+        assert!(quick_usage(text.as_bytes()).is_none(), "read: {text}");
+        // In a body, the value runs to the body's end (its closing brace included).
+        let body = format!(r#"{{"usage":{text}}}"#);
+        assert_eq!(
+            usage_of(body.as_bytes()),
+            serde_usage(&body[r#"{"usage":"#.len()..]),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        usage_of(br#"{"usage":{"prompt_tok\u0065ns":9}}"#).map(|u| u.prompt_tokens),
+        Some(9)
+    );
+}
