@@ -14,6 +14,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue};
+use bytes::BytesMut;
 
 /// Bodies up to this size are copied; a larger one holds a buffer about its own size.
 const COPIED_BODY_BYTES: usize = 64 * 1024;
@@ -41,16 +42,27 @@ impl<S: Send + Sync> FromRequest<S> for Owned {
     }
 }
 
+/// Every value copied into one new buffer (one allocation, not one per header), each then a
+/// slice of it.
 fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+    let total = headers.iter().map(|(_, value)| value.len()).sum();
+    let mut buffer = BytesMut::with_capacity(total);
+    for (_, value) in headers {
+        buffer.extend_from_slice(value.as_bytes());
+    }
+    let buffer = buffer.freeze();
     let mut owned = HeaderMap::with_capacity(headers.len());
+    let mut at = 0;
     for (name, value) in headers {
+        let end = at + value.len();
         // Bytes taken from a valid value are valid; the clone is never used.
-        let copy = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+        let copy = HeaderValue::from_maybe_shared(buffer.slice(at..end))
             .map(|mut copy| {
                 copy.set_sensitive(value.is_sensitive());
                 copy
             })
             .unwrap_or_else(|_| value.clone());
+        at = end;
         owned.append(name.clone(), copy);
     }
     owned
