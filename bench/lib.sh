@@ -26,6 +26,13 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# start_mock KEY: mock-provider on a free port taking KEY, killed on exit; sets mock_port.
+start_mock() {
+  mock_port=$(free_port)
+  "$bin" mock-provider --listen 127.0.0.1:"$mock_port" --api-key "$1" 2>"$work/mock.log" &
+  pids+=($!)
+  wait_port "$mock_port"
+}
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 # create_keys PORT ADMIN_KEY COUNT [TEAMS] [JSON-FIELDS]: creates COUNT virtual keys named

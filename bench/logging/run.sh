@@ -32,10 +32,7 @@ bench_require wrk=wrk
 
 upstream_key=sk-bench-upstream
 gateway_key=bench-admin-key
-mock_port=$(free_port)
-"$bin" mock-provider --listen 127.0.0.1:"$mock_port" --api-key "$upstream_key" 2>"$work/mock.log" &
-pids+=($!)
-wait_port "$mock_port"
+start_mock "$upstream_key"
 
 start_gateway() { # name enabled -> sets port and pid
   local name=$1 enabled=$2
