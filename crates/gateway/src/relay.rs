@@ -417,6 +417,13 @@ impl Relay {
         for end in boundary_ends(&region) {
             let event = &region[start..end];
             start = end;
+            // An OpenAI chunk is read on its own, so one without a usage object has none. A
+            // region is often the whole answer (one read from the upstream), and reading each
+            // of its events through serde was 40 % of a stream's instructions (callgrind).
+            if matches!(self.transcoder, Transcoder::OpenAi { .. }) && !has_usage_object(event) {
+                kept.extend_from_slice(event);
+                continue;
+            }
             let data = event_data(event);
             let usage = match &mut self.transcoder {
                 Transcoder::OpenAi { .. } => openai::chunk_usage(&data),
