@@ -417,10 +417,12 @@ impl Relay {
         for end in boundary_ends(&region) {
             let event = &region[start..end];
             start = end;
-            // An OpenAI chunk is read on its own, so one without a usage object has none. A
-            // region is often the whole answer (one read from the upstream), and reading each
-            // of its events through serde was 40 % of a stream's instructions (callgrind).
-            if matches!(self.transcoder, Transcoder::OpenAi { .. }) && !has_usage_object(event) {
+            // Only an event with a usage object can change the usage: an OpenAI chunk is read
+            // on its own, and Anthropic's decoder counts tokens from `message_start` and
+            // `message_delta` alone, which carry it. A region is often the whole answer (one
+            // read from the upstream), and reading each of its events through serde was 40 % of
+            // a stream's instructions (callgrind).
+            if !has_usage_object(event) {
                 kept.extend_from_slice(event);
                 continue;
             }

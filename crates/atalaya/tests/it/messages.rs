@@ -161,6 +161,8 @@ async fn an_anthropic_upstream_gets_the_body_as_sent() {
     .await;
     for row in &rows {
         assert_eq!(row["endpoint"], "messages");
+        // A stream's input tokens come in `message_start`, its output in `message_delta`.
+        assert!(row["prompt_tokens"].as_i64().unwrap() > 0, "{row}");
         assert!(row["completion_tokens"].as_i64().unwrap() > 0, "{row}");
         assert!(row["cost_usd"].as_f64().unwrap() > 0.0, "{row}");
     }
