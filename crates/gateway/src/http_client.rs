@@ -117,7 +117,7 @@ impl HttpClient {
                 connector,
                 http2_only: settings.http2_prior_knowledge,
                 hosts: Mutex::new(Hosts {
-                    map: HashMap::new(),
+                    map: HashMap::default(),
                     swept: Instant::now(),
                 }),
             }),
@@ -217,7 +217,7 @@ struct Pool {
 }
 
 struct Hosts {
-    map: HashMap<Key, Host>,
+    map: HashMap<Key, Host, crate::FastHash>,
     swept: Instant,
 }
 
