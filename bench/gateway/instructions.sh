@@ -4,6 +4,8 @@
 #
 #   bench/gateway/instructions.sh                       # 15 s of load per target and body
 #   DURATION=30 BODIES=chat.json bench/gateway/instructions.sh
+#   TARGETS=atalaya-nolog BODIES=chat.json KEEP_DUMPS=/tmp/cg bench/gateway/instructions.sh
+#     (one target only; the callgrind dumps are copied to /tmp/cg for callgrind_annotate)
 #
 # Why: on a shared 2-core host, requests per second move 20–30 % between runs of the same
 # binary, so a change of a few per cent cannot be seen in them. Callgrind counts the
@@ -24,6 +26,8 @@ here=$root/bench/gateway
 duration=${DURATION:-15}
 bodies=${BODIES:-"chat.json chat-stream.json"}
 conns=${CONNECTIONS:-8}
+targets=${TARGETS:-"atalaya atalaya-nolog nginx"}
+keep=${KEEP_DUMPS:-}
 
 source "$root/bench/lib.sh"
 bench_require wrk=wrk nginx=nginx-light valgrind=valgrind
@@ -57,6 +61,7 @@ measure() {
   [ -n "$file" ] || { echo "no callgrind dump for $name $body" >&2; exit 1; }
   local instructions; instructions=$(awk '/^summary:/ {print $2}' "$file")
   echo "$name $body instructions=$instructions $line" | tee -a "$results"
+  if [ -n "$keep" ]; then mkdir -p "$keep"; cp "$file" "$keep/callgrind.$name.${body%.json}"; fi
 }
 
 # start_atalaya NAME ENABLED: atalaya under callgrind with the request log on or off.
@@ -80,6 +85,7 @@ start_atalaya() {
 stop() { kill "$1" 2>/dev/null || true; for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; done; kill -9 "$1" 2>/dev/null || true; }
 
 for target in atalaya atalaya-nolog; do
+  [[ " $targets " == *" $target "* ]] || continue
   enabled=true; [ "$target" = atalaya-nolog ] && enabled=false
   start_atalaya "$target" "$enabled"
   for body in $bodies; do measure "$target" "$body" "$gateway_key" "$target_port" "$target_pid"; done
@@ -87,6 +93,7 @@ for target in atalaya atalaya-nolog; do
 done
 
 # nginx: one worker, no master, so one process holds every request's instructions.
+if [[ " $targets " == *" nginx "* ]]; then
 nginx_port=$(free_port)
 mkdir -p "$work/nginx"
 sed -e "s|@DIR@|$work/nginx|g" -e "s|@MOCK_PORT@|$mock_port|" -e "s|@NGINX_PORT@|$nginx_port|" \
@@ -98,6 +105,7 @@ nginx_pid=$!
 wait_port "$nginx_port"
 for body in $bodies; do measure nginx "$body" "$upstream_key" "$nginx_port" "$nginx_pid"; done
 stop "$nginx_pid"
+fi
 
 python3 - "$results" <<'PY'
 import re, sys

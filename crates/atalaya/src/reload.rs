@@ -18,7 +18,6 @@ use atalaya_gateway::{
     Actor, Budgets, Gateway, GatewayConfig, Limits, LocalRates, Routing, Shared,
 };
 use atalaya_telemetry::names;
-use axum::Router;
 use secrecy::SecretString;
 use tokio::sync::watch;
 
@@ -38,7 +37,7 @@ pub struct Reloader {
     /// Rate-limit buckets, kept across reloads.
     pub rates: Arc<LocalRates>,
     /// One per HTTP worker: the router it serves new requests with.
-    pub routers: Vec<watch::Sender<Router>>,
+    pub routers: Vec<watch::Sender<atalaya_gateway::App>>,
     /// The gateway that probes deployments waiting half-open, when probes are on.
     pub prober: Option<watch::Sender<Arc<Gateway>>>,
     pub reloads: Reloads,
@@ -155,7 +154,7 @@ impl Reloader {
             shared.alerts.clone(),
         );
         for (router, gateway) in self.routers.iter().zip(gateways) {
-            drop(router.send_replace(atalaya_gateway::router(gateway)));
+            drop(router.send_replace(atalaya_gateway::App::new(gateway)));
         }
         if let (Some(sender), Some(gateway)) = (&self.prober, prober) {
             drop(sender.send_replace(gateway));

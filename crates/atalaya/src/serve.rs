@@ -196,7 +196,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 tracing::info!(provider = %provider.name, source = %provider.source, "Provider enabled.");
             }
         }
-        let (router, serving) = tokio::sync::watch::channel(atalaya_gateway::router(gateway));
+        let (router, serving) = tokio::sync::watch::channel(atalaya_gateway::App::new(gateway));
         routers.push(router);
         workers.push(spawn_worker(
             index,
@@ -315,7 +315,7 @@ struct Worker {
 fn spawn_worker(
     index: usize,
     listener: std::net::TcpListener,
-    serving: tokio::sync::watch::Receiver<axum::Router>,
+    serving: tokio::sync::watch::Receiver<atalaya_gateway::App>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Worker> {
@@ -340,7 +340,7 @@ fn spawn_worker(
 
 async fn serve_worker(
     listener: std::net::TcpListener,
-    serving: tokio::sync::watch::Receiver<axum::Router>,
+    serving: tokio::sync::watch::Receiver<atalaya_gateway::App>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -445,7 +445,7 @@ async fn metrics_upkeep(
 /// log records.
 #[derive(Clone)]
 struct Serving {
-    router: tokio::sync::watch::Receiver<axum::Router>,
+    router: tokio::sync::watch::Receiver<atalaya_gateway::App>,
     peer: Option<SocketAddr>,
 }
 
@@ -456,7 +456,7 @@ where
 {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+    type Future = atalaya_gateway::AppFuture;
 
     fn poll_ready(
         &mut self,
@@ -466,14 +466,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let mut request = request.map(axum::body::Body::new);
-        if let Some(peer) = self.peer {
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-        }
-        let mut router = self.router.borrow().clone();
-        tower_service::Service::call(&mut router, request)
+        self.router
+            .borrow()
+            .call(request.map(axum::body::Body::new), self.peer)
     }
 }
 

@@ -9,12 +9,15 @@
 //! through an h2c upstream, peak RSS 120 → 108 MB (bench/load/RESULTS.md).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue};
 use bytes::BytesMut;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+
+use crate::Gateway;
 
 /// Bodies up to this size are copied; a larger one holds a buffer about its own size.
 const COPIED_BODY_BYTES: usize = 64 * 1024;
@@ -23,22 +26,48 @@ const COPIED_BODY_BYTES: usize = 64 * 1024;
 /// with the connection's read buffer.
 pub(crate) struct Owned {
     pub headers: HeaderMap,
-    pub body: Result<Bytes, BytesRejection>,
+    pub body: Result<Bytes, BodyError>,
 }
 
-impl<S: Send + Sync> FromRequest<S> for Owned {
-    type Rejection = Infallible;
+/// Why a request's body could not be read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// Longer than `server.max_body_bytes`.
+    TooLarge,
+    /// The client's stream failed (say, it hung up mid-body).
+    Unreadable(String),
+}
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Infallible> {
-        let headers = owned_headers(request.headers());
-        let body = Bytes::from_request(request, state).await.map(|body| {
+impl Owned {
+    /// Reads the whole body, refusing one longer than `limit` bytes.
+    pub(crate) async fn read(request: Request, limit: usize) -> Owned {
+        let (parts, body) = request.into_parts();
+        let headers = owned_headers(&parts.headers);
+        drop(parts);
+        let body = read_body(body, limit).await.map(|body| {
             if body.len() <= COPIED_BODY_BYTES {
                 Bytes::copy_from_slice(&body)
             } else {
                 body
             }
         });
-        Ok(Self { headers, body })
+        Owned { headers, body }
+    }
+}
+
+impl FromRequest<Arc<Gateway>> for Owned {
+    type Rejection = Infallible;
+
+    async fn from_request(request: Request, gateway: &Arc<Gateway>) -> Result<Self, Infallible> {
+        Ok(Owned::read(request, gateway.max_body_bytes).await)
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(error) => Err(BodyError::Unreadable(error.to_string())),
     }
 }
 
@@ -83,7 +112,7 @@ mod tests {
             .header("x-extra", "two")
             .body(axum::body::Body::from(buffer.slice(10..)))
             .unwrap();
-        let owned = Owned::from_request(request, &()).await.unwrap();
+        let owned = Owned::read(request, 1024).await;
         let authorization = &owned.headers["authorization"];
         assert_eq!(authorization, "sk-atl-key");
         assert!(authorization.is_sensitive());
@@ -93,5 +122,20 @@ mod tests {
         let body = owned.body.unwrap();
         assert_eq!(&body[..], b"{\"model\":\"m\"}");
         assert_ne!(body.as_ptr(), buffer[10..].as_ptr());
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused() {
+        let request = Request::builder()
+            .body(axum::body::Body::from(vec![b'x'; 11]))
+            .unwrap();
+        assert!(matches!(
+            Owned::read(request, 10).await.body,
+            Err(BodyError::TooLarge)
+        ));
+        let request = Request::builder()
+            .body(axum::body::Body::from(vec![b'x'; 10]))
+            .unwrap();
+        assert_eq!(Owned::read(request, 10).await.body.unwrap().len(), 10);
     }
 }

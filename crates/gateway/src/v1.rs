@@ -5,7 +5,6 @@ use std::sync::Arc;
 use atalaya_translate::{cohere, gemini, openai as wire};
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,26 +15,25 @@ use crate::chat::{self, Leg, json};
 use crate::config::ProviderKind;
 use crate::dispatch::{self, Inbound};
 use crate::error::ApiError;
-use crate::inbound::Owned;
+use crate::inbound::{BodyError, Owned};
 use crate::openai::{ChatRequest, EmbeddingRequest};
 use crate::providers::{Adapter, Call, SIM_EMBED_DIMENSIONS, SIM_EMBED_MODEL, Upstream};
 use crate::relay::{Transcoder, sse_response};
 use crate::{ClientFormat, Exchange, Gateway, Principal, RequestContext};
 
-pub(crate) fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
+pub(crate) fn body_error(error: BodyError, limit: usize) -> ApiError {
+    match error {
+        BodyError::TooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
             format!(
                 "The request body is larger than the {limit}-byte limit (server.max_body_bytes)."
             ),
-        )
-    } else {
-        ApiError::invalid_request(
+        ),
+        BodyError::Unreadable(error) => ApiError::invalid_request(
             "invalid_body",
-            format!("The request body could not be read: {rejection}."),
-        )
+            format!("The request body could not be read: {error}."),
+        ),
     }
 }
 

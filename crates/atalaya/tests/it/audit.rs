@@ -46,6 +46,52 @@ async fn tampered(data: &Path, sql: &[&'static str]) -> tempfile::TempDir {
     copy
 }
 
+/// The data plane's busiest routes skip the router (`App::call`); their refusals are
+/// audited with the caller's address all the same.
+#[tokio::test]
+async fn refused_model_calls_are_audited_with_their_source() {
+    let server = serve(ServeOptions::default());
+    let base = server.url();
+    let viewer = create_key(
+        &server,
+        serde_json::json!({"name": "eyes", "role": "viewer"}),
+    )
+    .await;
+    let viewer = viewer["key"].as_str().unwrap();
+    let (status, _, body) = post(
+        &format!("{base}/v1/chat/completions"),
+        viewer,
+        &chat_body("sim-chat", false),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = post(
+        &format!("{base}/v1/messages"),
+        "sk-atl-wrong",
+        r#"{"model": "sim-chat", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(body["type"], "error", "Anthropic's error shape: {body}");
+    let page = eventually(std::time::Duration::from_secs(5), || async {
+        let (_, page) = get(&format!("{base}/api/v1/audit"), ADMIN_KEY).await;
+        (page["data"].as_array().map_or(0, Vec::len) >= 3).then_some(page)
+    })
+    .await;
+    let entries = page["data"].as_array().unwrap();
+    let denied = entries
+        .iter()
+        .find(|e| e["action"] == "auth.denied")
+        .unwrap();
+    assert_eq!(denied["target"], "POST /v1/chat/completions");
+    assert_eq!(denied["source_ip"], "127.0.0.1");
+    let failed = entries
+        .iter()
+        .find(|e| e["action"] == "auth.failure")
+        .unwrap();
+    assert_eq!(failed["source_ip"], "127.0.0.1", "{failed}");
+}
+
 #[tokio::test]
 async fn the_audit_log_records_actions_and_detects_every_kind_of_tampering() {
     let server = serve(ServeOptions::default());

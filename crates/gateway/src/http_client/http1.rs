@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri, Version};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
@@ -201,8 +201,8 @@ impl Connection {
                         let start = self.buffer.as_ptr() as usize;
                         let mut named = Vec::with_capacity(parsed.headers.len());
                         for header in parsed.headers.iter() {
-                            let name = HeaderName::from_bytes(header.name.as_bytes())
-                                .map_err(|_| Http1Error::Invalid("a bad header name"))?;
+                            let name = crate::header_names::upstream_name(header.name.as_bytes())
+                                .ok_or(Http1Error::Invalid("a bad header name"))?;
                             // An empty value may point anywhere; any other lies in the head.
                             let range = if header.value.is_empty() {
                                 0..0
