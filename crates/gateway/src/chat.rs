@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::config::{ProviderKind, SimSettings};
 use crate::dispatch::Lease;
 use crate::error::ApiError;
-use crate::http_client::UpstreamResponse;
+use crate::http_client::{UpstreamHeaders, UpstreamResponse};
 use crate::providers::{Call, Route, SIM_CHAT_MODEL, Upstream, UpstreamFailure};
 use crate::relay::{self, Decoder, Encoder, Framing, Transcoder, Translator, UpstreamStream};
 use crate::{ClientFormat, Exchange, Gateway, RequestContext, header_names};
@@ -134,7 +134,7 @@ pub(crate) async fn translated(
         .post(call, body, leg.context, &[], leg.limits.ttfb_left(started))
         .await
         .map_err(|failure| upstream_failure(leg.route, failure, exchange))?;
-    let notes = rate_limit_notes(upstream.kind, response.headers());
+    let notes = rate_limit_notes(upstream.kind, &response);
     if !response.status().is_success() || !request.stream {
         let (status, headers, bytes) = read(leg, upstream, response, started, exchange).await?;
         if !status.is_success() {
@@ -142,7 +142,7 @@ pub(crate) async fn translated(
                 leg.route,
                 upstream.kind,
                 status,
-                &headers,
+                &headers.into_map(),
                 &bytes,
                 exchange,
             ));
@@ -280,7 +280,7 @@ pub(crate) async fn read(
     mut response: UpstreamResponse,
     started: Instant,
     exchange: &mut Exchange,
-) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
+) -> Result<(StatusCode, UpstreamHeaders, Bytes), ApiError> {
     let status = response.status();
     let headers = response.take_headers();
     let remaining = leg.limits.body_left(upstream.timeout, started);
@@ -643,7 +643,7 @@ pub(crate) fn upstream_status_error(
 /// `x-atalaya-upstream-ratelimit-remaining-{requests,tokens}`.
 pub(crate) fn rate_limit_notes(
     kind: ProviderKind,
-    headers: &HeaderMap,
+    response: &UpstreamResponse,
 ) -> Vec<(HeaderName, HeaderValue)> {
     use header_names::*;
     let (requests, tokens) = match kind {
@@ -658,7 +658,7 @@ pub(crate) fn rate_limit_notes(
         (tokens, UPSTREAM_REMAINING_TOKENS),
     ]
     .into_iter()
-    .filter_map(|(from, to)| Some((to, headers.get(from)?.clone())))
+    .filter_map(|(from, to)| Some((to, response.header(&from)?)))
     .collect()
 }
 

@@ -36,7 +36,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::TokioIo;
@@ -149,9 +149,11 @@ impl HttpClient {
             let (connection, reused) = self.pool.connection(&key, &uri).await?;
             let mut connection = match connection {
                 Connection::Http2(connection) => {
-                    let response = connection.send(head, body).await?;
+                    let mut response = connection.send(head, body).await?;
+                    let headers = UpstreamHeaders::Map(std::mem::take(response.headers_mut()));
                     return Ok(UpstreamResponse {
                         response: response.map(UpstreamBody::Http2),
+                        headers,
                         read_timeout: self.read_timeout,
                         idle: None,
                     });
@@ -174,9 +176,9 @@ impl HttpClient {
             let mut response = Response::new(UpstreamBody::Http1(body));
             *response.status_mut() = answer.status;
             *response.version_mut() = answer.version;
-            *response.headers_mut() = answer.headers;
             return Ok(UpstreamResponse {
                 response,
+                headers: UpstreamHeaders::Raw(answer.headers),
                 read_timeout: self.read_timeout,
                 idle: Some(IdleReturn {
                     pool: self.pool.clone(),
@@ -478,9 +480,35 @@ impl IdleReturn {
     }
 }
 
+/// An upstream answer's headers: an HTTP/2 answer's map, or an HTTP/1.1 answer's fields as
+/// they were read (a map is built only if asked for).
+pub(crate) enum UpstreamHeaders {
+    Map(HeaderMap),
+    Raw(http1::RawHeaders),
+}
+
+impl UpstreamHeaders {
+    /// The first value of the header `name`.
+    pub fn get(&self, name: &HeaderName) -> Option<HeaderValue> {
+        match self {
+            UpstreamHeaders::Map(map) => map.get(name).cloned(),
+            UpstreamHeaders::Raw(raw) => raw.get(name),
+        }
+    }
+
+    pub fn into_map(self) -> HeaderMap {
+        match self {
+            UpstreamHeaders::Map(map) => map,
+            UpstreamHeaders::Raw(raw) => raw.into_map(),
+        }
+    }
+}
+
 /// An upstream's response, its body still to read.
 pub(crate) struct UpstreamResponse {
+    /// Its headers are in `headers`.
     response: Response<UpstreamBody>,
+    headers: UpstreamHeaders,
     read_timeout: Duration,
     /// HTTP/1.1: the connection, for the pool once the body is read.
     idle: Option<IdleReturn>,
@@ -491,13 +519,14 @@ impl UpstreamResponse {
         self.response.status()
     }
 
-    pub fn headers(&self) -> &HeaderMap {
-        self.response.headers()
+    /// The first value of the header `name`.
+    pub fn header(&self, name: &HeaderName) -> Option<HeaderValue> {
+        self.headers.get(name)
     }
 
     /// The headers, moved out (reading the body needs none of them).
-    pub fn take_headers(&mut self) -> HeaderMap {
-        std::mem::take(self.response.headers_mut())
+    pub fn take_headers(&mut self) -> UpstreamHeaders {
+        std::mem::replace(&mut self.headers, UpstreamHeaders::Map(HeaderMap::new()))
     }
 
     /// The whole body (the caller bounds the time).
@@ -945,7 +974,7 @@ mod tests {
     async fn http1_header_values_come_through_as_sent() {
         // Values share the head's bytes; the same whether the head arrives whole or a byte at
         // a time (then it is parsed again after each read, and split off once complete).
-        let answer: &'static [u8] = b"HTTP/1.1 201 Created\r\nx-empty:\r\ncontent-length: 2\r\n\
+        let answer: &'static [u8] = b"HTTP/1.1 201 Created\r\nx-empty:\r\nContent-Length: 2\r\n\
 x-ratelimit-remaining-tokens:  29999000 \r\nX-Mixed-Case: Value\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\r\nok";
         for step in [1, 5, 1024] {
             let url = trickling_server(answer, step).await;
@@ -955,6 +984,13 @@ x-ratelimit-remaining-tokens:  29999000 \r\nX-Mixed-Case: Value\r\nset-cookie: a
                 .unwrap();
             assert_eq!(response.status(), StatusCode::CREATED);
             let headers = response.take_headers();
+            assert_eq!(
+                headers
+                    .get(&HeaderName::from_static("x-mixed-case"))
+                    .unwrap(),
+                "Value"
+            );
+            let headers = headers.into_map();
             assert_eq!(headers["x-empty"], "", "step {step}");
             assert_eq!(headers["x-ratelimit-remaining-tokens"], "29999000");
             assert_eq!(headers["x-mixed-case"], "Value");
@@ -986,6 +1022,10 @@ x-ratelimit-remaining-tokens:  29999000 \r\nX-Mixed-Case: Value\r\nset-cookie: a
             (
                 b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
                 "content-length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+                "conflicting content-lengths",
             ),
             (b"HTTP/9 200 OK\r\n\r\n", "not valid HTTP/1.1"),
             (b"", "closed the connection"),

@@ -98,7 +98,7 @@ pub(crate) async fn passthrough(
         )
         .await
         .map_err(|failure| chat::upstream_failure(leg.route, failure, exchange))?;
-    let notes = chat::rate_limit_notes(upstream.kind, response.headers());
+    let notes = chat::rate_limit_notes(upstream.kind, &response);
     if !stream || !response.status().is_success() {
         // Boxed, as in `v1::passthrough`: a stream's future need not carry room for it.
         let (status, headers, bytes) =
@@ -108,7 +108,7 @@ pub(crate) async fn passthrough(
                 leg.route,
                 upstream.kind,
                 status,
-                &headers,
+                &headers.into_map(),
                 &bytes,
                 exchange,
             ));

@@ -120,7 +120,7 @@ pub(crate) async fn passthrough(
         )
         .await
         .map_err(|failure| chat::upstream_failure(route, failure, exchange))?;
-    let notes = chat::rate_limit_notes(upstream.kind, response.headers());
+    let notes = chat::rate_limit_notes(upstream.kind, &response);
     if !request.stream || !response.status().is_success() {
         // Boxed: a stream's future (held for its whole wait on the upstream) need not carry
         // room for reading a whole answer.
@@ -176,7 +176,7 @@ async fn complete(
         leg.route,
         upstream.kind,
         status,
-        &headers,
+        &headers.into_map(),
         &bytes,
         exchange,
     ))
@@ -294,7 +294,7 @@ pub(crate) async fn embed_with(
                     route,
                     upstream.kind,
                     status,
-                    &headers,
+                    &headers.into_map(),
                     &bytes,
                     exchange,
                 ));
