@@ -97,7 +97,8 @@ for pair in $(seq "$pairs"); do
     run on "$on_port" "$on_keys" "$on_pid"
   fi
 done
-rows=$(sqlite3 "$work/on/data/atalaya.db" 'SELECT COUNT(*) FROM request_logs' 2>/dev/null || echo "?")
+rows=$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT COALESCE(SUM(rows), 0) FROM request_log_blocks").fetchone()[0])' \
+  "$work/on/data/atalaya.db" 2>/dev/null || echo "?")
 
 python3 - "$results" "$duration" "$rows" <<'PY'
 import re, statistics, sys

@@ -1,8 +1,8 @@
 //! Analytics over the request log: totals, time series and breakdowns with latency
 //! percentiles, for any time range.
 //!
-//! Scanning a million rows costs SQLite about half a second per aggregate, so traffic is also
-//! folded into hourly rollups (`request_rollups`): one row per hour and per value of each
+//! Scanning a million rows (decoding the request log's blocks) costs far more than a query
+//! should, so traffic is also folded into hourly rollups (`request_rollups`): one row per hour and per value of each
 //! dimension, holding counts, sums and log-bucket latency histograms. A query reads rollups
 //! for the whole hours in its range, plus the raw rows the rollups do not hold yet (those
 //! above the `rolled_seq` watermark) and the raw rows of the partial hours at both ends. Rows
@@ -16,7 +16,8 @@ use futures_util::TryStreamExt as _;
 use serde::Serialize;
 use sqlx::{QueryBuilder, Sqlite};
 
-use crate::{Store, StoreError};
+use crate::log_block::{Block, RowView};
+use crate::{Store, StoreError, log_connection};
 
 pub const HOUR_MS: i64 = 3_600_000;
 
@@ -54,17 +55,6 @@ impl Dimension {
 
     pub fn parse(name: &str) -> Option<Dimension> {
         Dimension::ALL.into_iter().find(|dim| dim.name() == name)
-    }
-
-    fn column(self) -> &'static str {
-        match self {
-            Dimension::Key => "key_id",
-            Dimension::Team => "team",
-            Dimension::Model => "model",
-            Dimension::Provider => "provider",
-            Dimension::Deployment => "deployment",
-            Dimension::Status => "status",
-        }
     }
 }
 
@@ -294,48 +284,6 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
-/// The request-log columns analytics read.
-#[derive(Debug, sqlx::FromRow)]
-struct RawRow {
-    seq: i64,
-    created_at_ms: i64,
-    key_id: Option<String>,
-    team: Option<String>,
-    model: Option<String>,
-    provider: Option<String>,
-    deployment: Option<String>,
-    status: i64,
-    latency_ms: f64,
-    ttft_ms: Option<f64>,
-    prompt_tokens: Option<i64>,
-    completion_tokens: Option<i64>,
-    cost_usd: Option<f64>,
-}
-
-const RAW_COLUMNS: &str = "SELECT seq, created_at_ms, key_id, team, model, provider, deployment, \
-     status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cost_usd FROM request_logs";
-
-impl RawRow {
-    /// Reads the columns of [`RAW_COLUMNS`], in order.
-    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
-        Ok(RawRow {
-            seq: row.get(0)?,
-            created_at_ms: row.get(1)?,
-            key_id: row.get(2)?,
-            team: row.get(3)?,
-            model: row.get(4)?,
-            provider: row.get(5)?,
-            deployment: row.get(6)?,
-            status: row.get(7)?,
-            latency_ms: row.get(8)?,
-            ttft_ms: row.get(9)?,
-            prompt_tokens: row.get(10)?,
-            completion_tokens: row.get(11)?,
-            cost_usd: row.get(12)?,
-        })
-    }
-}
-
 /// What the rollups take from a request-log row, borrowed from a row read back or one being
 /// written.
 pub(crate) struct Facts<'a> {
@@ -385,7 +333,7 @@ macro_rules! facts_from {
     };
 }
 
-facts_from!(RawRow);
+facts_from!(RowView<'_>);
 facts_from!(crate::RequestLogRow);
 
 impl<'a> Facts<'a> {
@@ -587,18 +535,60 @@ fn roll_up(connection: &mut rusqlite::Connection, max_rows: u32) -> rusqlite::Re
     let transaction =
         connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let watermark = watermark(&transaction)?;
-    let rows = transaction
-        .prepare_cached(&format!(
-            "{RAW_COLUMNS} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-        ))?
-        .query_map(rusqlite::params![watermark, max_rows], RawRow::from_sqlite)?
-        .collect::<rusqlite::Result<Vec<RawRow>>>()?;
+    // The blocks holding rows above the watermark, until they hold `max_rows` of them. Only
+    // the first can hold rows at or below it too (blocks do not share seqs).
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut above = 0;
+    {
+        let mut statement = transaction.prepare_cached(&format!(
+            "SELECT first_seq, rows, data FROM request_log_blocks WHERE {} ORDER BY first_seq",
+            blocks_above("?1")
+        ))?;
+        let mut found = statement.query([watermark])?;
+        while above < max_rows as usize {
+            let Some(row) = found.next()? else { break };
+            let (first_seq, rows, data): (i64, i64, Vec<u8>) =
+                (row.get(0)?, row.get(1)?, row.get(2)?);
+            above += if first_seq > watermark {
+                rows as usize
+            } else {
+                Block::parse(&data)
+                    .map_err(log_connection::corrupt)?
+                    .filter(|row| row.as_ref().map_or(true, |row| row.seq > watermark))
+                    .count()
+            };
+            blocks.push(data);
+        }
+    }
+    let mut rows = Vec::with_capacity(above.min(max_rows as usize));
+    'blocks: for data in &blocks {
+        for row in Block::parse(data).map_err(log_connection::corrupt)? {
+            let row = row.map_err(log_connection::corrupt)?;
+            if row.seq <= watermark {
+                continue;
+            }
+            if rows.len() == max_rows as usize {
+                break 'blocks;
+            }
+            rows.push(row);
+        }
+    }
     let Some(last_seq) = rows.last().map(|row| row.seq) else {
         return Ok(0);
     };
     apply(&transaction, deltas(rows.iter().map(Facts::from)), last_seq)?;
     transaction.commit()?;
     Ok(rows.len())
+}
+
+/// The condition selecting the blocks that may hold rows above the seq `seq` (a parameter
+/// or a number): those that start above it, and the one it falls in, found by the primary key
+/// rather than a scan of every block.
+fn blocks_above(seq: &str) -> String {
+    format!(
+        "first_seq >= COALESCE((SELECT MAX(first_seq) FROM request_log_blocks \
+         WHERE first_seq <= {seq}), 0) AND last_seq > {seq}"
+    )
 }
 
 /// The rollup watermark: the last request-log seq folded into the rollups.
@@ -709,50 +699,55 @@ async fn scan_raw(
     grouping: Grouping,
     groups: &mut HashMap<GroupKey, Aggregate>,
 ) -> Result<(), StoreError> {
-    let mut query = QueryBuilder::<Sqlite>::new(RAW_COLUMNS);
-    // The rows above the watermark are few and recent: find them by seq. The unary `+`
-    // keeps SQLite from walking the whole range on the created_at index instead.
-    let column = match above {
-        Some(seq) => {
-            query.push(" WHERE seq > ").push_bind(seq).push(" AND ");
-            "+created_at_ms"
-        }
-        None => {
-            query.push(" WHERE ");
-            "created_at_ms"
-        }
-    };
-    query
-        .push(format_args!("{column} >= "))
-        .push_bind(start)
-        .push(format_args!(" AND {column} < "))
-        .push_bind(end);
-    for (dim, value) in &filter.equals {
-        query.push(format_args!(" AND {}", dim.column()));
-        match (dim, value.as_str()) {
-            (_, "") => {
-                query.push(" IS NULL");
-            }
-            (Dimension::Status, status) => {
-                query
-                    .push(" = ")
-                    .push_bind(status.parse::<i64>().unwrap_or(-1));
-            }
-            (_, value) => {
-                query.push(" = ").push_bind(value.to_owned());
-            }
-        }
+    let mut query = QueryBuilder::<Sqlite>::new("SELECT data FROM request_log_blocks WHERE ");
+    // The rows above the watermark are few and recent: find their blocks by seq.
+    if let Some(seq) = above {
+        // A seq read from the database, so it can be written into the statement.
+        query.push(blocks_above(&seq.to_string())).push(" AND ");
     }
-    let mut rows = query.build_query_as::<RawRow>().fetch(connection);
-    while let Some(row) = rows.try_next().await? {
-        let facts = Facts::from(&row);
-        let key = match grouping {
-            Grouping::By(dim) => group_key(grouping, facts.created_at_ms, || {
-                facts.value(dim).text().into_owned()
-            }),
-            _ => group_key(grouping, facts.created_at_ms, String::new),
-        };
-        groups.entry(key).or_default().add(&facts);
+    query
+        .push("max_created_ms >= ")
+        .push_bind(start)
+        .push(" AND min_created_ms < ")
+        .push_bind(end);
+    let statuses: Vec<Option<i64>> = filter
+        .equals
+        .iter()
+        .map(|(dim, value)| (*dim == Dimension::Status).then(|| value.parse().unwrap_or(-1)))
+        .collect();
+    let selected = |dims: &Dims<'_>| {
+        filter
+            .equals
+            .iter()
+            .zip(&statuses)
+            .all(|((dim, value), status)| match (dims.value(*dim), status) {
+                (DimValue::Status(actual), Some(status)) => actual == *status,
+                (DimValue::Text(actual), None) => actual == value,
+                _ => false,
+            })
+    };
+    let mut blocks = query.build_query_scalar::<Vec<u8>>().fetch(connection);
+    while let Some(data) = blocks.try_next().await? {
+        for row in Block::parse(&data).map_err(StoreError::CorruptLog)? {
+            let row = row.map_err(StoreError::CorruptLog)?;
+            if row.created_at_ms < start
+                || row.created_at_ms >= end
+                || above.is_some_and(|seq| row.seq <= seq)
+            {
+                continue;
+            }
+            let facts = Facts::from(&row);
+            if !selected(&facts.dims) {
+                continue;
+            }
+            let key = match grouping {
+                Grouping::By(dim) => group_key(grouping, facts.created_at_ms, || {
+                    facts.value(dim).text().into_owned()
+                }),
+                _ => group_key(grouping, facts.created_at_ms, String::new),
+            };
+            groups.entry(key).or_default().add(&facts);
+        }
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ mod analytics;
 mod audit;
 mod errors;
 mod keys;
+mod log_block;
 mod log_connection;
 mod log_writer;
 mod request_log;
@@ -68,6 +69,8 @@ pub enum StoreError {
     InMemory,
     #[error("database write failed")]
     Write(#[source] rusqlite::Error),
+    #[error("{0}")]
+    CorruptLog(log_block::CorruptBlock),
     #[error("a database task failed")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -134,11 +137,18 @@ impl Store {
             PathBuf::from(probe_options.get_filename()),
             Duration::from_secs(5),
         );
-        Ok(Store {
+        let store = Store {
             pool,
             probe_options,
             log: Arc::new(log),
-        })
+        };
+        let moved = store
+            .on_log_connection(log_connection::move_table_rows)
+            .await?;
+        if moved > 0 {
+            tracing::info!(rows = moved, "Moved the request log's rows into blocks.");
+        }
+        Ok(store)
     }
 
     /// Whether storage can take writes now, for readiness checks: takes the write lock and
@@ -199,38 +209,40 @@ mod tests {
         }
     }
 
+    fn test_row(i: i64) -> RequestLogRow {
+        RequestLogRow {
+            seq: 0,
+            request_id: format!("r{i}").into(),
+            created_at_ms: 1_000 + i,
+            key_id: Some("k".into()),
+            team: None,
+            endpoint: "/v1/chat/completions".into(),
+            model: Some("m".into()),
+            provider: Some("p".into()),
+            upstream_model: None,
+            stream: i % 2 == 0,
+            status: 200,
+            latency_ms: 1.5,
+            ttft_ms: None,
+            prompt_tokens: Some(i),
+            completion_tokens: Some(1),
+            cached_tokens: None,
+            usage_estimated: false,
+            cost_usd: Some(0.25),
+            deployment: None,
+            attempts: 1,
+            retries: 0,
+            fallback_path: None,
+            error: (i == 7).then(|| "boom".to_owned()),
+        }
+    }
+
     #[tokio::test]
     async fn log_rows_written_through_the_writer_connection_are_read_back_through_the_pool() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let store = Store::connect(&url).await.unwrap();
-        let rows: Vec<RequestLogRow> = (0..300)
-            .map(|i| RequestLogRow {
-                seq: 0,
-                request_id: format!("r{i}").into(),
-                created_at_ms: 1_000 + i,
-                key_id: Some("k".into()),
-                team: None,
-                endpoint: "/v1/chat/completions".into(),
-                model: Some("m".into()),
-                provider: Some("p".into()),
-                upstream_model: None,
-                stream: i % 2 == 0,
-                status: 200,
-                latency_ms: 1.5,
-                ttft_ms: None,
-                prompt_tokens: Some(i),
-                completion_tokens: Some(1),
-                cached_tokens: None,
-                usage_estimated: false,
-                cost_usd: Some(0.25),
-                deployment: None,
-                attempts: 1,
-                retries: 0,
-                fallback_path: None,
-                error: (i == 7).then(|| "boom".to_owned()),
-            })
-            .collect();
+        let rows: Vec<RequestLogRow> = (0..300).map(test_row).collect();
         store.insert_request_logs(&rows).await.unwrap();
         assert_eq!(store.count_request_logs().await.unwrap(), 300);
         let page = store
@@ -269,5 +281,127 @@ mod tests {
         result.unwrap();
         assert!(returned.is_empty());
         assert_eq!(store.count_request_logs().await.unwrap(), 303);
+    }
+
+    /// A database from before blocks (migrations up to 0013, rows in `request_logs`) opens
+    /// with its rows moved into blocks, seqs kept, and new rows numbered after the old ones.
+    #[tokio::test]
+    async fn rows_of_the_old_table_move_into_blocks_keeping_their_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let migrations = dir.path().join("migrations");
+        std::fs::create_dir(&migrations).unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for entry in std::fs::read_dir(source).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name().to_string_lossy().as_ref() < "0014" {
+                std::fs::copy(entry.path(), migrations.join(entry.file_name())).unwrap();
+            }
+        }
+        let file = dir.path().join("old.db");
+        let pool = SqlitePool::connect_with(
+            SqliteConnectOptions::new()
+                .filename(&file)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        sqlx::migrate::Migrator::new(migrations.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let rows: Vec<RequestLogRow> = (0..1_300).map(test_row).collect();
+        for row in &rows {
+            sqlx::query(
+                "INSERT INTO request_logs (request_id, created_at_ms, key_id, team, endpoint, \
+                 model, provider, upstream_model, stream, status, latency_ms, ttft_ms, \
+                 prompt_tokens, completion_tokens, cached_tokens, usage_estimated, cost_usd, \
+                 deployment, attempts, retries, fallback_path, error) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&*row.request_id)
+            .bind(row.created_at_ms)
+            .bind(&row.key_id)
+            .bind(row.team.as_deref())
+            .bind(&*row.endpoint)
+            .bind(&row.model)
+            .bind(row.provider.as_deref())
+            .bind(row.upstream_model.as_deref())
+            .bind(row.stream)
+            .bind(row.status)
+            .bind(row.latency_ms)
+            .bind(row.ttft_ms)
+            .bind(row.prompt_tokens)
+            .bind(row.completion_tokens)
+            .bind(row.cached_tokens)
+            .bind(row.usage_estimated)
+            .bind(row.cost_usd)
+            .bind(row.deployment.as_deref())
+            .bind(row.attempts)
+            .bind(row.retries)
+            .bind(&row.fallback_path)
+            .bind(&row.error)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        // Seqs 1..=1300; retention took the first five, and the newest went too, so only
+        // the AUTOINCREMENT high mark remembers 1300.
+        sqlx::query("DELETE FROM request_logs WHERE seq <= 5 OR seq = 1300")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        let store = Store::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        assert_eq!(store.count_request_logs().await.unwrap(), 1_294);
+        let (old_table,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM sqlite_master WHERE name = 'request_logs'")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(old_table, 0);
+        let mut read = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .list_request_logs(LogQuery {
+                    limit: 500,
+                    before_seq: before,
+                    ..LogQuery::default()
+                })
+                .await
+                .unwrap();
+            read.extend(page.data);
+            match page.next_before {
+                Some(seq) => before = Some(seq),
+                None => break,
+            }
+        }
+        read.reverse();
+        assert_eq!(read.len(), 1_294);
+        for (read, (seq, written)) in read.iter().zip((6..).zip(&rows[5..1_299])) {
+            assert_eq!(read.seq, seq);
+            assert_eq!(
+                &RequestLogRow {
+                    seq: 0,
+                    ..read.clone()
+                },
+                written
+            );
+        }
+        store.insert_request_logs(&rows[..2]).await.unwrap();
+        let newest = store
+            .list_request_logs(LogQuery {
+                limit: 2,
+                ..LogQuery::default()
+            })
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = newest.data.iter().map(|row| row.seq).collect();
+        assert_eq!(seqs, [1_302, 1_301]);
     }
 }

@@ -1,10 +1,12 @@
-//! The `request_logs` repository.
+//! The request log's repository: rows are stored in blocks (see `log_block`).
 
 use std::sync::Arc;
 
+use futures_util::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 use sqlx::QueryBuilder;
 
+use crate::log_block::{Block, RowView};
 use crate::{Store, StoreError};
 
 /// Text in a request-log row, shared with the strings the gateway already holds (the request
@@ -73,44 +75,16 @@ impl<'de> Deserialize<'de> for LogText {
     }
 }
 
-impl sqlx::Type<sqlx::Sqlite> for LogText {
-    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
-        <String as sqlx::Type<sqlx::Sqlite>>::type_info()
-    }
-
-    fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
-        <String as sqlx::Type<sqlx::Sqlite>>::compatible(ty)
-    }
-}
-
-impl<'r> sqlx::Decode<'r, sqlx::Sqlite> for LogText {
-    fn decode(
-        value: sqlx::sqlite::SqliteValueRef<'r>,
-    ) -> Result<LogText, sqlx::error::BoxDynError> {
-        <&str as sqlx::Decode<sqlx::Sqlite>>::decode(value).map(|text| LogText::Shared(text.into()))
-    }
-}
-
-impl rusqlite::ToSql for LogText {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(rusqlite::types::ToSqlOutput::Borrowed(
-            rusqlite::types::ValueRef::Text(self.as_bytes()),
-        ))
-    }
-}
-
 /// One data-plane request as recorded after it finished.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestLogRow {
     /// Storage order; 0 until written.
     #[serde(default, skip_serializing_if = "is_zero")]
-    #[sqlx(default)]
     pub seq: i64,
     pub request_id: LogText,
     pub created_at_ms: i64,
     pub key_id: Option<String>,
     /// The calling key's team, if it has one.
-    #[sqlx(default)]
     #[serde(default)]
     pub team: Option<LogText>,
     pub endpoint: LogText,
@@ -168,14 +142,6 @@ pub struct LogPage {
     pub next_before: Option<i64>,
 }
 
-macro_rules! columns {
-    () => {
-        "seq, request_id, created_at_ms, key_id, team, endpoint, model, provider, upstream_model, \
-         stream, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cached_tokens, \
-         usage_estimated, cost_usd, deployment, attempts, retries, fallback_path, error"
-    };
-}
-
 impl Store {
     /// Writes a batch in one transaction: all rows or none.
     pub async fn insert_request_logs(&self, rows: &[RequestLogRow]) -> Result<(), StoreError> {
@@ -210,42 +176,49 @@ impl Store {
     }
 
     pub async fn list_request_logs(&self, query: LogQuery) -> Result<LogPage, StoreError> {
-        let limit = i64::from(query.limit.clamp(1, 1_000));
-        let mut sql = QueryBuilder::new(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM request_logs WHERE seq < "
-        ));
-        sql.push_bind(query.before_seq.unwrap_or(i64::MAX));
-        let texts = [
-            ("key_id", &query.key_id),
-            ("team", &query.team),
-            ("model", &query.model),
-            ("provider", &query.provider),
-            ("deployment", &query.deployment),
-        ];
-        for (column, value) in texts {
-            if let Some(value) = value {
-                sql.push(format_args!(" AND {column} = "))
-                    .push_bind(value.clone());
-            }
-        }
-        if let Some(status) = query.status {
-            sql.push(" AND status = ").push_bind(status);
-        }
-        if query.failed {
-            sql.push(" AND status >= 400");
-        }
+        let limit = query.limit.clamp(1, 1_000) as usize;
+        let before = query.before_seq.unwrap_or(i64::MAX);
+        // Blocks newest first, passing over those outside the time range; their rows are
+        // filtered here.
+        let mut sql = QueryBuilder::new("SELECT data FROM request_log_blocks WHERE first_seq < ");
+        sql.push_bind(before);
         if let Some(from) = query.from_ms {
-            sql.push(" AND created_at_ms >= ").push_bind(from);
+            sql.push(" AND max_created_ms >= ").push_bind(from);
         }
         if let Some(to) = query.to_ms {
-            sql.push(" AND created_at_ms < ").push_bind(to);
+            sql.push(" AND min_created_ms < ").push_bind(to);
         }
-        sql.push(" ORDER BY seq DESC LIMIT ").push_bind(limit + 1);
-        let mut data: Vec<RequestLogRow> = sql.build_query_as().fetch_all(&self.pool).await?;
-        let next_before = if data.len() as i64 > limit {
-            data.truncate(limit as usize);
+        sql.push(" ORDER BY first_seq DESC");
+        let is = |wanted: &Option<String>, value: Option<&str>| {
+            wanted.as_deref().is_none_or(|wanted| value == Some(wanted))
+        };
+        let wanted = |row: &RowView<'_>| {
+            row.seq < before
+                && query.from_ms.is_none_or(|from| row.created_at_ms >= from)
+                && query.to_ms.is_none_or(|to| row.created_at_ms < to)
+                && query.status.is_none_or(|status| row.status == status)
+                && (!query.failed || row.status >= 400)
+                && is(&query.key_id, row.key_id)
+                && is(&query.team, row.team)
+                && is(&query.model, row.model)
+                && is(&query.provider, row.provider)
+                && is(&query.deployment, row.deployment)
+        };
+        let mut data = Vec::new();
+        let mut blocks = sql.build_query_scalar::<Vec<u8>>().fetch(&self.pool);
+        'blocks: while let Some(block) = blocks.try_next().await? {
+            let rows = Block::parse(&block)
+                .and_then(|rows| rows.collect::<Result<Vec<RowView<'_>>, _>>())
+                .map_err(StoreError::CorruptLog)?;
+            for row in rows.iter().rev().filter(|row| wanted(row)) {
+                data.push(row.into_row().map_err(StoreError::CorruptLog)?);
+                if data.len() > limit {
+                    break 'blocks;
+                }
+            }
+        }
+        let next_before = if data.len() > limit {
+            data.truncate(limit);
             data.last().map(|row| row.seq)
         } else {
             None
@@ -254,9 +227,10 @@ impl Store {
     }
 
     pub async fn count_request_logs(&self) -> Result<i64, StoreError> {
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM request_logs")
-            .fetch_one(&self.pool)
-            .await?;
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(SUM(rows), 0) FROM request_log_blocks")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(count)
     }
 }

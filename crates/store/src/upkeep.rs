@@ -120,13 +120,14 @@ impl Store {
         let mut occurrences = 0;
         // Each: how long to keep, the chunked delete (rows older than ?, at most ? of them),
         // and where to count what went. Occurrences go before the groups they sample.
-        let passes: [(Option<Duration>, &'static str, &mut u64); 6] = [
-            (
-                retention.request_logs,
-                "DELETE FROM request_logs WHERE seq IN \
-                 (SELECT seq FROM request_logs WHERE created_at_ms < ? LIMIT ?)",
-                &mut deleted.request_logs,
-            ),
+        if let Some(before) = cutoff(retention.request_logs) {
+            deleted.request_logs = self
+                .on_log_connection(move |connection| {
+                    crate::log_connection::delete_before(connection, before)
+                })
+                .await?;
+        }
+        let passes: [(Option<Duration>, &'static str, &mut u64); 5] = [
             (
                 retention.rollups,
                 "DELETE FROM request_rollups WHERE (dim, value, bucket_ms) IN \

@@ -173,7 +173,7 @@ async fn shutdown_with_buffered_rows() {
     let (status, _server) = stopping.await.unwrap();
     let url = format!("sqlite://{}", database.display());
     let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM request_logs")
+    let (rows,): (i64,) = sqlx::query_as("SELECT COALESCE(SUM(rows), 0) FROM request_log_blocks")
         .fetch_one(&mut connection)
         .await
         .unwrap();

@@ -136,7 +136,7 @@ async fn shutdown_writes_what_is_buffered() {
     );
     let url = format!("sqlite://{}", server.database().display());
     let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM request_logs")
+    let (count,): (i64,) = sqlx::query_as("SELECT COALESCE(SUM(rows), 0) FROM request_log_blocks")
         .fetch_one(&mut connection)
         .await
         .unwrap();

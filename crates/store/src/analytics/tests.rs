@@ -49,16 +49,14 @@ async fn store_with_rows(count: i64) -> (tempfile::TempDir, Store, Vec<RequestLo
         .map(|i| row(i, T0 - 1_800_000 + i * 97_000))
         .collect();
     rows.reverse();
-    // A row written outside the writer, far before every range queried, leaves the rollups
-    // behind: the rows below are then rolled up by reading them back, not at insert.
-    sqlx::query(
-        "INSERT INTO request_logs (request_id, created_at_ms, endpoint, status, latency_ms) \
-         VALUES ('gap', ?, 'chat', 200, 1.0)",
-    )
-    .bind(T0 - 100 * HOUR_MS)
-    .execute(&store.pool)
-    .await
-    .unwrap();
+    // A row written first, far before every range queried and alone (too few to fold at
+    // insert), leaves the rollups behind: the rows below are then rolled up by reading them
+    // back, not at insert.
+    let gap = RequestLogRow {
+        request_id: "gap".into(),
+        ..row(1, T0 - 100 * HOUR_MS)
+    };
+    store.insert_request_logs(&[gap]).await.unwrap();
     store.insert_request_logs(&rows).await.unwrap();
     (dir, store, rows)
 }
