@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Request-log pipeline benchmark: the gateway under load with the request log on and off.
 # Reports RPS and p50/p99 of each run, the RPS cost of logging (target: under 5 %), the
-# gateway's CPU time per request on and off (steadier than RPS on a shared machine), and the
+# gateway's CPU time per request on and off (steadier than RPS on a shared machine), the
+# whole machine's CPU per request on and off (what RPS is at saturation, so the RPS cost
+# without the run-to-run swings of RPS itself), and the
 # sustained rate at which rows reached SQLite during the "on" runs, with rows pending and
 # dropped.
 #
@@ -65,6 +67,15 @@ worker_ticks() {
   done
   echo $total
 }
+# CPU time the whole machine spent working (user, nice, system, irq, softirq; not idle, I/O
+# wait or steal), in clock ticks: wrk, the mock and the gateway together. When the machine is
+# saturated, RPS is its CPU divided by this per request, so what logging adds to it per
+# request is what it costs in RPS — a steadier figure than RPS itself on a shared host.
+machine_ticks() {
+  local label user nice system idle iowait irq softirq rest
+  read -r label user nice system idle iowait irq softirq rest < /proc/stat
+  echo $((user + nice + system + irq + softirq))
+}
 hz=$(getconf CLK_TCK)
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v name="$2" '$1 == name {print $2}'; }
 results=$work/results.txt
@@ -77,16 +88,17 @@ run() { # name port keys pid
   local written_before; written_before=$(metric "$port" atalaya_request_log_rows_written_total)
   local line ticks_before ticks_after
   local workers_before workers_after
-  ticks_before=$(cpu_ticks "$pid"); workers_before=$(worker_ticks "$pid")
+  local machine_before machine_after
+  ticks_before=$(cpu_ticks "$pid"); workers_before=$(worker_ticks "$pid"); machine_before=$(machine_ticks)
   line=$(BENCH_BODY_FILE=$root/bench/gateway/chat.json BENCH_KEY=$gateway_key \
     wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s -s "$root/bench/gateway/post.lua" "$url" | grep '^BENCH')
-  ticks_after=$(cpu_ticks "$pid"); workers_after=$(worker_ticks "$pid")
+  ticks_after=$(cpu_ticks "$pid"); workers_after=$(worker_ticks "$pid"); machine_after=$(machine_ticks)
   # Rows still buffered at the end of the run are written within a flush interval or two.
   sleep 1
   local written_after; written_after=$(metric "$port" atalaya_request_log_rows_written_total)
   local pending; pending=$(metric "$port" atalaya_request_log_rows_pending)
   local dropped; dropped=$(metric "$port" atalaya_request_log_rows_dropped_total)
-  echo "$name $line written=$(( ${written_after:-0} - ${written_before:-0} )) pending=${pending:-0} dropped=${dropped:-0} cpu_ticks=$((ticks_after - ticks_before)) worker_ticks=$((workers_after - workers_before)) hz=$hz" | tee -a "$results"
+  echo "$name $line written=$(( ${written_after:-0} - ${written_before:-0} )) pending=${pending:-0} dropped=${dropped:-0} cpu_ticks=$((ticks_after - ticks_before)) worker_ticks=$((workers_after - workers_before)) machine_ticks=$((machine_after - machine_before)) hz=$hz" | tee -a "$results"
 }
 for pair in $(seq "$pairs"); do
   if (( pair % 2 )); then
@@ -108,14 +120,14 @@ for line in open(sys.argv[1]):
     runs[name].append({k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)})
 duration = float(sys.argv[2])
 print()
-print(f"{'run':<6}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/s':>10}{'pending':>9}{'dropped':>9}{'cpu us/req':>12}")
+print(f"{'run':<6}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/s':>10}{'pending':>9}{'dropped':>9}{'cpu us/req':>12}{'machine us/req':>16}")
 def cpu_us(r, ticks="cpu_ticks"):
     return r[ticks] / r["hz"] * 1e6 / max(r["requests"], 1)
 for name in ("on", "off"):
     for r in runs[name]:
         rows_per_s = r["written"] / duration if name == "on" else 0
         errors = r["errors"] + r["non2xx"]
-        print(f"{name:<6}{r['rps']:>9.0f}{r['p50'] / 1000:>9.2f}{r['p99'] / 1000:>9.2f}{errors:>8.0f}{rows_per_s:>10.0f}{r['pending']:>9.0f}{r['dropped']:>9.0f}{cpu_us(r):>12.1f}")
+        print(f"{name:<6}{r['rps']:>9.0f}{r['p50'] / 1000:>9.2f}{r['p99'] / 1000:>9.2f}{errors:>8.0f}{rows_per_s:>10.0f}{r['pending']:>9.0f}{r['dropped']:>9.0f}{cpu_us(r):>12.1f}{cpu_us(r, 'machine_ticks'):>16.1f}")
 on = statistics.median(r["rps"] for r in runs["on"])
 off = statistics.median(r["rps"] for r in runs["off"])
 # Runs alternate on/off, so the i-th of each form a pair taken seconds apart.
@@ -136,6 +148,10 @@ rest_on = statistics.median(cpu_us(r) - cpu_us(r, "worker_ticks") for r in runs[
 rest_off = statistics.median(cpu_us(r) - cpu_us(r, "worker_ticks") for r in runs["off"])
 print(f"  of it, request workers: on {workers_on:.1f} us, off {workers_off:.1f} us; "
       f"other threads (log writer, database, background): on {rest_on:.1f} us, off {rest_off:.1f} us")
+machine_on = statistics.median(cpu_us(r, "machine_ticks") for r in runs["on"])
+machine_off = statistics.median(cpu_us(r, "machine_ticks") for r in runs["off"])
+print(f"median machine CPU per request (wrk, mock and gateway): on {machine_on:.1f} us, off {machine_off:.1f} us; "
+      f"logging costs {(1 - machine_off / machine_on) * 100:.1f} % of RPS at saturation (target < 5 %)")
 print(f"rows written during 'on' runs: {written:.0f} of {requests:.0f} requests measured "
       f"(+ warm-ups), {written / (duration * len(runs['on'])):.0f} rows/s sustained; rows in the database: {sys.argv[3]}")
 PY
