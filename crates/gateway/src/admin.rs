@@ -364,6 +364,7 @@ pub(crate) struct RequestLogParams {
     model: Option<String>,
     provider: Option<String>,
     deployment: Option<String>,
+    request_id: Option<String>,
     /// An HTTP status, or `failed` for every status from 400.
     status: Option<String>,
     from: Option<String>,
@@ -421,6 +422,7 @@ pub(crate) async fn list_logs(
         model: params.model,
         provider: params.provider,
         deployment: params.deployment,
+        request_id: params.request_id,
         status,
         failed,
         from_ms: times[0],

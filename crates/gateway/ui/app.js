@@ -322,7 +322,7 @@ const views = {
 
   async logs(view) {
     const form = h("form", { class: "filters", id: "log-filters" },
-      ...[["status", "status (code or failed)"], ["model", "model"], ["key", "key id"], ["team", "team"], ["provider", "provider"], ["from", "from (e.g. 1h)"]].map(([name, label]) =>
+      ...[["status", "status (code or failed)"], ["model", "model"], ["key", "key id"], ["team", "team"], ["provider", "provider"], ["request_id", "request id"], ["from", "from (e.g. 1h)"]].map(([name, label]) =>
         h("label", {}, label, h("input", { name, size: 12 }))),
       h("button", { type: "submit" }, "Filter"),
     );

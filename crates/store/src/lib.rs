@@ -252,6 +252,16 @@ mod tests {
             })
             .await
             .unwrap();
+        let by_id = store
+            .list_request_logs(LogQuery {
+                limit: 10,
+                request_id: Some("r7".to_owned()),
+                ..LogQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(by_id.data.len(), 1);
+        assert_eq!(by_id.data[0].error.as_deref(), Some("boom"));
         let mut read: Vec<RequestLogRow> = page.data;
         read.reverse();
         for (written, read) in rows.iter().zip(&read) {

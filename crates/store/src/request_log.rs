@@ -128,6 +128,9 @@ pub struct LogQuery {
     pub model: Option<String>,
     pub provider: Option<String>,
     pub deployment: Option<String>,
+    /// The request id (the `x-request-id` the gateway answered with; clients may send their
+    /// own, so it can repeat).
+    pub request_id: Option<String>,
     pub status: Option<i64>,
     /// Status 400 and above only.
     pub failed: bool,
@@ -203,6 +206,10 @@ impl Store {
                 && is(&query.model, row.model)
                 && is(&query.provider, row.provider)
                 && is(&query.deployment, row.deployment)
+                && query
+                    .request_id
+                    .as_deref()
+                    .is_none_or(|id| row.request_id == id.as_bytes())
         };
         let mut data = Vec::new();
         let mut blocks = sql.build_query_scalar::<Vec<u8>>().fetch(&self.pool);

@@ -173,7 +173,7 @@ async fn a_full_buffer_drops_rows_counts_them_and_keeps_the_rest() {
 }
 
 #[tokio::test]
-async fn the_request_log_filters_by_status_model_key_and_time() {
+async fn the_request_log_filters_by_status_model_key_time_and_request_id() {
     let server = serve(ServeOptions::default());
     let created = create_key(&server, serde_json::json!({"team": "red"})).await;
     let (key, id) = (
@@ -205,6 +205,15 @@ async fn the_request_log_filters_by_status_model_key_and_time() {
     assert_eq!(count("team=red").await, 3);
     assert_eq!(count("from=1h").await, 4);
     assert_eq!(count("to=1h").await, 0);
+    let rows = log_rows(&server).await;
+    let request_id = rows[2]["request_id"].as_str().unwrap();
+    let (_, body) = get(
+        &format!("{}/api/v1/logs?request_id={request_id}", server.url()),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["data"][0], rows[2]);
     let (_, body) = get(
         &format!("{}/api/v1/logs?key={id}&status=200", server.url()),
         ADMIN_KEY,
