@@ -142,6 +142,17 @@ pub(crate) fn move_table_rows(connection: &mut Connection) -> rusqlite::Result<u
         if !exists {
             return Ok(moved);
         }
+        if moved == 0 {
+            let rows: i64 =
+                transaction.query_row("SELECT COUNT(*) FROM request_logs", [], |row| row.get(0))?;
+            if rows > 0 {
+                tracing::info!(
+                    rows,
+                    "Moving the request log's rows into blocks; this happens once, at the first \
+                     start after upgrading, and resumes if interrupted."
+                );
+            }
+        }
         let rows = transaction
             .prepare(
                 "SELECT seq, request_id, created_at_ms, key_id, team, endpoint, model, provider, \
