@@ -1091,72 +1091,61 @@ where
         Err(refused) => return *refused,
     };
     let span = context.span.clone();
-    let response = tracing::Instrument::instrument(
-        authorized(gateway, request_context, request, peer, handler),
-        span,
-    )
-    .await;
+    // The span covers what follows once the request context exists: authentication, the
+    // handler and recording the request.
+    let authorized = async move {
+        let context = request_context;
+        let mut request = request;
+        let format = context.format;
+        // If the client goes away before the answer, hyper drops this future: the guard still
+        // records the request.
+        let mut guard = AbandonGuard {
+            gateway: gateway.clone(),
+            context: Some(context.clone()),
+        };
+        let mut response = match auth::authenticate(request.headers(), &gateway.keys).await {
+            Ok(principal) if principal.role().allows(auth::Permission::CallModels) => {
+                handler(request, context, principal).await
+            }
+            Ok(principal) => {
+                with_peer(&mut request, peer);
+                gateway
+                    .deny(
+                        &principal,
+                        audit::denied_request(&request),
+                        auth::Permission::CallModels,
+                    )
+                    .await
+                    .into_response_for(format)
+            }
+            Err(error) => {
+                with_peer(&mut request, peer);
+                gateway.audit_auth_failure(request.extensions(), &error);
+                error.into_response_for(format)
+            }
+        };
+        let Some(context) = guard.context.take() else {
+            return response;
+        };
+        if response.extensions().get::<Deferred>().is_some() {
+            return response;
+        }
+        // Taken, not cloned: nothing reads it once the request is recorded.
+        let mut exchange = response
+            .extensions_mut()
+            .remove::<Exchange>()
+            .unwrap_or_default();
+        if exchange.error.is_none()
+            && let Some(note) = response.extensions().get::<ErrorNote>()
+        {
+            exchange.error = Some(note.text.clone());
+            exchange.error_source = Some((note.code, note.location));
+        }
+        gateway.record(&context, response.status().as_u16(), exchange);
+        response
+    };
+    let response = tracing::Instrument::instrument(authorized, span).await;
     context.finish(response)
-}
-
-async fn authorized<H, F>(
-    gateway: Arc<Gateway>,
-    context: RequestContext,
-    mut request: Request,
-    peer: Option<std::net::SocketAddr>,
-    handler: H,
-) -> Response
-where
-    H: FnOnce(Request, RequestContext, Principal) -> F,
-    F: Future<Output = Response>,
-{
-    let format = context.format;
-    // If the client goes away before the answer, hyper drops this future: the guard still
-    // records the request.
-    let mut guard = AbandonGuard {
-        gateway: gateway.clone(),
-        context: Some(context.clone()),
-    };
-    let mut response = match auth::authenticate(request.headers(), &gateway.keys).await {
-        Ok(principal) if principal.role().allows(auth::Permission::CallModels) => {
-            handler(request, context, principal).await
-        }
-        Ok(principal) => {
-            with_peer(&mut request, peer);
-            gateway
-                .deny(
-                    &principal,
-                    audit::denied_request(&request),
-                    auth::Permission::CallModels,
-                )
-                .await
-                .into_response_for(format)
-        }
-        Err(error) => {
-            with_peer(&mut request, peer);
-            gateway.audit_auth_failure(request.extensions(), &error);
-            error.into_response_for(format)
-        }
-    };
-    let Some(context) = guard.context.take() else {
-        return response;
-    };
-    if response.extensions().get::<Deferred>().is_some() {
-        return response;
-    }
-    // Taken, not cloned: nothing reads it once the request is recorded.
-    let mut exchange = response
-        .extensions_mut()
-        .remove::<Exchange>()
-        .unwrap_or_default();
-    if exchange.error.is_none()
-        && let Some(note) = response.extensions().get::<ErrorNote>()
-    {
-        exchange.error = Some(note.text.clone());
-        exchange.error_source = Some((note.code, note.location));
-    }
-    gateway.record(&context, response.status().as_u16(), exchange);
-    response
 }
 
 /// Puts the client's address where the audit log reads it.
